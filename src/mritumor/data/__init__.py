@@ -1,0 +1,1 @@
+"""Data layer: readers → Catalog → split by patient → cache → datasets."""

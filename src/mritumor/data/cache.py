@@ -1,0 +1,301 @@
+"""Preprocessing cache: every slice decoded, padded to square, resized and normalised once.
+
+The result is one array ``images`` (N, C, S, S) float16 in [0, 1] and ``masks`` (N, 1, S, S)
+uint8, held in memory or, when memory would not hold it (or ``cache_dir`` is given), in
+``.npy`` files memory-mapped from disk and keyed by the files (path, size, mtime) and the
+preprocessing parameters, so a later run over the same data re-uses them. No epoch after the
+first decodes an image again; datasets only index these arrays.
+
+Slices that cannot be decoded are dropped from the catalog here and counted as problems.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mritumor.data import io
+from mritumor.data.catalog import Catalog, Problem, check_not_empty, raise_if_strict
+from mritumor.errors import DataError
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1  # bump when the stored layout or preprocessing changes
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a slice becomes a tensor. Part of the cache key and of every checkpoint."""
+
+    image_size: int = 224
+    channels: int = 1
+    clip_low: float = 0.5  # percentiles: robust to the few extreme voxels MRI often has
+    clip_high: float = 99.5
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.image_size <= 2048:
+            raise ValueError(f"image_size {self.image_size} outside 16..2048")
+        if self.channels < 1:
+            raise ValueError("channels must be ≥ 1")
+
+
+def preprocess_image(image: np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """(C, H, W) raw → (prep.channels, S, S) float16 in [0, 1]."""
+    tensor = match_channels(
+        torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), prep.channels
+    )
+    flat = tensor.reshape(tensor.shape[0], -1).numpy()
+    # numpy's partition-based percentile is several times faster than torch.quantile's sort.
+    low, high = np.percentile(flat, [prep.clip_low, prep.clip_high], axis=1).astype(np.float32)
+    low, high = torch.from_numpy(low).view(-1, 1, 1), torch.from_numpy(high).view(-1, 1, 1)
+    # A constant channel has high == low; it maps to 0 rather than dividing by zero.
+    scaled = ((tensor - low) / (high - low).clamp_min(1e-6)).clamp_(0, 1)
+    return resize_square(scaled, prep.image_size, "bilinear").to(torch.float16)
+
+
+def preprocess_mask(mask: np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """(H, W) bool → (1, S, S) uint8 {0, 1}; nearest-neighbour so it stays binary."""
+    tensor = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))[None].float()
+    return resize_square(tensor, prep.image_size, "nearest").to(torch.uint8)
+
+
+def match_channels(tensor: torch.Tensor, channels: int) -> torch.Tensor:
+    if tensor.shape[0] == channels:
+        return tensor
+    if tensor.shape[0] == 1:
+        return tensor.expand(channels, -1, -1)
+    if channels == 1:
+        return tensor.mean(dim=0, keepdim=True)
+    raise io.SliceReadError(f"{tensor.shape[0]} channels cannot be turned into {channels}")
+
+
+def resize_square(tensor: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Zero-pad to a centred square (keeps anatomy's aspect ratio), then resize."""
+    _, height, width = tensor.shape
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    padded = F.pad(tensor, (left, side - width - left, top, side - height - top))
+    if side == size:
+        return padded
+    options = {"antialias": True, "align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(padded[None], size=(size, size), mode=mode, **options)[0]
+
+
+def infer_channels(catalog: Catalog, probe: int = 8) -> int:
+    """The channel count of the first decodable slices (1 for grayscale, 3 for LGG's RGB)."""
+    counts = []
+    for image, frame in catalog.table[["image", "frame"]].head(probe * 4).itertuples(index=False):
+        try:
+            counts.append(io.read_image(image, frame).shape[0])
+        except io.SliceReadError:
+            continue
+        if len(counts) >= probe:
+            break
+    return max(counts) if counts else 1
+
+
+class SliceCache:
+    """Preprocessed slices of one catalog. Build with :meth:`build`."""
+
+    def __init__(self, catalog: Catalog, prep: Preprocessing, images, masks, has_mask):
+        self.catalog = catalog
+        self.prep = prep
+        self.images = images  # (N, C, S, S) float16, ndarray or memmap
+        self.masks = masks  # (N, 1, S, S) uint8
+        self.has_mask = has_mask  # (N,) bool
+
+    def __len__(self) -> int:
+        return len(self.catalog)
+
+    def image(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.images[index], dtype=np.float32))
+
+    def mask(self, index: int) -> torch.Tensor | None:
+        return torch.from_numpy(np.array(self.masks[index])) if self.has_mask[index] else None
+
+    @classmethod
+    def build(
+        cls,
+        catalog: Catalog,
+        prep: Preprocessing,
+        cache_dir: str | Path | None = None,
+        strict: bool = False,
+        workers: int | None = None,
+        progress: bool = True,
+    ) -> SliceCache:
+        """Decode every slice once (threads: PIL and zlib release the GIL). Undecodable slices
+        are dropped from the returned cache's catalog and recorded as problems."""
+        n = len(catalog)
+        if cache_dir is None and _bytes_needed(n, prep) > 0.5 * _available_memory():
+            cache_dir = Path.home() / ".cache" / "mritumor"
+            log.info("cache would not fit comfortably in memory; using disk cache %s", cache_dir)
+        key = cache_key(catalog, prep)
+        if cache_dir is not None:
+            cached = cls._load_from_disk(catalog, prep, Path(cache_dir), key)
+            if cached is not None:
+                log.info("re-using preprocessed cache %s", Path(cache_dir) / key)
+                raise_if_strict(cached.catalog.problems[len(catalog.problems) :], strict)
+                return cached
+        images, masks = _allocate(n, prep, Path(cache_dir) / key if cache_dir else None)
+        has_mask = np.zeros(n, dtype=bool)
+        failed: dict[int, str] = {}
+
+        def decode(position: int) -> None:
+            row = catalog.table.iloc[position]
+            try:
+                image = io.read_image(row["image"], row["frame"])
+                images[position] = preprocess_image(image, prep).numpy()
+                if row["mask"] is not None:
+                    mask = io.read_mask(row["mask"], row["frame"])
+                    if mask.shape != image.shape[1:]:
+                        raise io.SliceReadError(
+                            f"mask {mask.shape} and image {image.shape[1:]} differ in size"
+                        )
+                    masks[position] = preprocess_mask(mask, prep).numpy()
+                    has_mask[position] = True
+            except io.SliceReadError as error:
+                failed[position] = str(error)
+
+        workers = workers or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            stream = pool.map(decode, range(n))
+            for _ in tqdm(
+                stream, total=n, desc="Caching slices", unit="slice", disable=not progress
+            ):
+                pass
+        problems = [
+            Problem(
+                f"{catalog.table.at[p, 'image']}"
+                + (
+                    f"[{catalog.table.at[p, 'frame']}]" if catalog.table.at[p, "frame"] >= 0 else ""
+                ),
+                reason,
+            )
+            for p, reason in sorted(failed.items())
+        ]
+        if problems:
+            log.warning("%d slice(s) could not be decoded and were skipped", len(problems))
+            for problem in problems[:10]:
+                log.warning("  %s", problem)
+        raise_if_strict(problems, strict)
+        if cache_dir is not None:
+            _save_meta(Path(cache_dir) / key, images, masks, has_mask, failed)
+        cache = cls(catalog.drop_rows(sorted(failed), problems), prep, images, masks, has_mask)
+        if failed:
+            cache = cache._select(np.setdiff1d(np.arange(n), sorted(failed)))
+        check_not_empty(cache.catalog)
+        return cache
+
+    def _select(self, positions: np.ndarray) -> SliceCache:
+        # Fancy indexing copies; only happens when some slices failed to decode.
+        return SliceCache(
+            self.catalog,
+            self.prep,
+            np.asarray(self.images[positions]),
+            np.asarray(self.masks[positions]),
+            self.has_mask[positions],
+        )
+
+    @classmethod
+    def _load_from_disk(cls, catalog, prep, cache_dir: Path, key: str) -> SliceCache | None:
+        folder = cache_dir / key
+        if not (folder / "meta.json").is_file():
+            return None
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("rows") != len(catalog) or meta.get("format") != CACHE_FORMAT:
+            return None
+        images = np.load(folder / "images.npy", mmap_mode="r")
+        masks = np.load(folder / "masks.npy", mmap_mode="r")
+        has_mask = np.load(folder / "has_mask.npy")
+        failed = {int(k): v for k, v in meta["failed"].items()}
+        problems = [
+            Problem(str(catalog.table.at[p, "image"]), r) for p, r in sorted(failed.items())
+        ]
+        cache = cls(catalog.drop_rows(sorted(failed), problems), prep, images, masks, has_mask)
+        return (
+            cache._select(np.setdiff1d(np.arange(len(catalog)), sorted(failed)))
+            if failed
+            else cache
+        )
+
+
+def _save_meta(folder: Path, images, masks, has_mask: np.ndarray, failed: dict[int, str]) -> None:
+    for array in (images, masks):
+        if isinstance(array, np.memmap):
+            array.flush()
+    np.save(folder / "has_mask.npy", has_mask)
+    meta = {
+        "rows": len(has_mask),
+        "failed": {str(k): v for k, v in failed.items()},
+        "format": CACHE_FORMAT,
+    }
+    temporary = folder / "meta.json.tmp"
+    temporary.write_text(json.dumps(meta))
+    os.replace(temporary, folder / "meta.json")  # written last: its presence means complete
+
+
+def cache_key(catalog: Catalog, prep: Preprocessing) -> str:
+    """Changes whenever a file, its order, or a preprocessing parameter changes."""
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, asdict(prep)]).encode())
+    for image, frame, mask in catalog.table[["image", "frame", "mask"]].itertuples(index=False):
+        for path in (image, mask):
+            if path is None:
+                digest.update(b"-")
+                continue
+            try:
+                stat = os.stat(path)
+                digest.update(
+                    f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode("utf-8", "surrogateescape")
+                )
+            except OSError:
+                digest.update(f"{path}|missing".encode("utf-8", "surrogateescape"))
+        digest.update(str(frame).encode())
+    return digest.hexdigest()[:24]
+
+
+def _bytes_needed(n: int, prep: Preprocessing) -> int:
+    return n * prep.image_size**2 * (2 * prep.channels + 1)
+
+
+def _available_memory() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _allocate(n: int, prep: Preprocessing, folder: Path | None):
+    shape_images = (n, prep.channels, prep.image_size, prep.image_size)
+    shape_masks = (n, 1, prep.image_size, prep.image_size)
+    if folder is None:
+        return np.zeros(shape_images, np.float16), np.zeros(shape_masks, np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "meta.json").unlink(missing_ok=True)
+    needed = _bytes_needed(n, prep)
+    free = _free_disk(folder)
+    if free is not None and needed > free:
+        raise DataError(
+            f"the cache needs {needed / 2**30:.1f} GiB but {folder} has {free / 2**30:.1f} GiB free"
+        )
+    open_memmap = np.lib.format.open_memmap
+    return (
+        open_memmap(folder / "images.npy", mode="w+", dtype=np.float16, shape=shape_images),
+        open_memmap(folder / "masks.npy", mode="w+", dtype=np.uint8, shape=shape_masks),
+    )
+
+
+def _free_disk(folder: Path) -> int | None:
+    try:
+        stat = os.statvfs(folder)
+        return stat.f_bavail * stat.f_frsize
+    except OSError:
+        return None

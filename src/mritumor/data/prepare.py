@@ -1,0 +1,70 @@
+"""From ``--data_root`` to training-ready data: read → cache → split, in one call.
+
+Every training command goes through :func:`prepare_data`, so they all read, skip, split and
+record the split the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mritumor.data.cache import Preprocessing, SliceCache, infer_channels
+from mritumor.data.catalog import Catalog
+from mritumor.data.labels import LabelSpace
+from mritumor.data.readers import read_catalog
+from mritumor.data.splits import Split, load_split, make_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    catalog: Catalog  # only the slices that decoded
+    cache: SliceCache
+    split: Split
+    labels: LabelSpace  # from the training part
+
+    def patients(self, part: str) -> list[str]:
+        return self.split.part(part)
+
+
+def prepare_data(
+    data_root: str | Path,
+    format: str | None = None,
+    strict: bool = False,
+    image_size: int = 224,
+    channels: int | None = None,
+    cache_dir: str | Path | None = None,
+    split_file: str | Path | None = None,
+    val_frac: float = 0.15,
+    test_frac: float = 0.15,
+    seed: int = 0,
+    group_by: str | None = None,
+    outdir: str | Path | None = None,
+    progress: bool = True,
+) -> PreparedData:
+    catalog = read_catalog(data_root, format=format, strict=strict)
+    channels = channels or infer_channels(catalog)
+    prep = Preprocessing(image_size=image_size, channels=channels)
+    cache = SliceCache.build(catalog, prep, cache_dir=cache_dir, strict=strict, progress=progress)
+    catalog = cache.catalog
+    if split_file:
+        split = load_split(split_file, catalog.table)
+    else:
+        split = make_split(catalog.table, val_frac, test_frac, seed=seed, group_by=group_by)
+    labels = LabelSpace.from_table(catalog.subset(split.train).table)
+    log.info(
+        "data: %d slices, %d patients (train %d, val %d, test %d; %s); %d item(s) skipped",
+        len(catalog),
+        len(catalog.patients),
+        len(split.train),
+        len(split.val),
+        len(split.test),
+        split.strategy,
+        len(catalog.problems),
+    )
+    if outdir is not None:
+        split.save(Path(outdir) / "split.json")
+    return PreparedData(catalog, cache, split, labels)
