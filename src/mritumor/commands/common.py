@@ -1,0 +1,122 @@
+"""Flags shared by several commands, both spellings, and ``--config`` files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from mritumor.errors import MritumorError
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every flag's default and keeps descriptions' line breaks."""
+
+
+def add_command(subcommands, name: str, help: str, description: str | None = None):
+    return subcommands.add_parser(
+        name, help=help, description=description or help, formatter_class=Formatter
+    )
+
+
+def flag(parser: argparse.ArgumentParser, name: str, **options) -> None:
+    """Add ``--snake_case`` and its ``--kebab-case`` spelling (DESIGN: both are accepted)."""
+    names = [name]
+    if "_" in name:
+        names.append(name.replace("_", "-"))
+    parser.add_argument(*names, **options)
+
+
+def add_data_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    from mritumor.data.readers import FORMATS
+
+    flag(
+        parser,
+        "--data_root",
+        required=required,
+        help="dataset folder, manifest CSV, or Figshare/LGG release",
+    )
+    flag(
+        parser,
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="source format; auto-detected when omitted",
+    )
+    flag(parser, "--strict", action="store_true", help="make any skipped file or patient fatal")
+
+
+def add_split_flags(parser: argparse.ArgumentParser) -> None:
+    flag(
+        parser,
+        "--val_frac",
+        type=float,
+        default=0.15,
+        help="share of patients (groups) for validation",
+    )
+    flag(
+        parser,
+        "--test_frac",
+        type=float,
+        default=0.15,
+        help="share of patients (groups) for testing",
+    )
+    flag(
+        parser, "--seed", type=int, default=0, help="random seed (split, sampling, initialisation)"
+    )
+    flag(
+        parser,
+        "--group_by",
+        default=None,
+        help="column whose groups never cross splits (default: patient_family if present, else patient_id)",
+    )
+    flag(parser, "--split_file", default=None, help="re-use the split.json of an earlier run")
+
+
+def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    flag(
+        parser,
+        "--config",
+        default=None,
+        help="YAML file whose keys are flag names; command-line flags win",
+    )
+
+
+def apply_config(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
+) -> argparse.Namespace:
+    """Re-parse with the YAML's values as defaults: command line > config file > built-in default."""
+    path = getattr(args, "config", None)
+    if not path:
+        return args
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise MritumorError(f"cannot read --config {path}: {error}") from error
+    if not isinstance(values, dict):
+        raise MritumorError(f"--config {path} must hold a mapping of flag names to values")
+    command_parser = args._command_parser
+    known = {action.dest for action in command_parser._actions}
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise MritumorError(
+            f"--config {path}: unknown key(s) {unknown}; keys are the command's flag names"
+        )
+    command_parser.set_defaults(**values)
+    return parser.parse_args(argv)
+
+
+def save_resolved_config(args: argparse.Namespace, outdir: str | Path) -> Path:
+    """The configuration a run actually used, as YAML, for reproduction with --config."""
+    values = {
+        k: v
+        for k, v in vars(args).items()
+        if not k.startswith("_") and k not in ("handler", "config")
+    }
+    path = Path(outdir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(values, default=str)), sort_keys=True))
+    return path

@@ -1,0 +1,22 @@
+"""``mritumor demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mritumor.commands.common import add_command, flag
+
+
+def register(subcommands) -> None:
+    demo = add_command(
+        subcommands, "demo", "run the pipeline end to end on generated (or your) data"
+    )
+    flag(demo, "--outdir", default="runs/demo", help="where the demo writes its data and results")
+    flag(demo, "--data_root", default=None, help="run on this dataset instead of generated data")
+    demo.set_defaults(handler=run)
+
+
+def run(args) -> None:
+    from mritumor.demo import run_demo
+
+    run_demo(Path(args.outdir), args.data_root)

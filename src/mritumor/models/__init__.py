@@ -1,0 +1,1 @@
+"""Networks: backbone registry, SimCLR, hierarchical classifier, multi-task variants."""
