@@ -87,9 +87,9 @@ def run_metadata() -> dict:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": {
             "mritumor": __version__,
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "lightning": lightning.__version__,
+            "torch": str(torch.__version__),  # TorchVersion is not a plain str: unsafe to unpickle
+            "torchvision": str(torchvision.__version__),
+            "lightning": str(lightning.__version__),
             "python": platform.python_version(),
         },
         "commit": git_commit(),

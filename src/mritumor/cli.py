@@ -11,10 +11,10 @@ import logging
 import sys
 
 from mritumor import __version__
-from mritumor.commands import common, data, demo
+from mritumor.commands import common, data, demo, hierarchical, pretrain
 from mritumor.errors import MritumorError
 
-COMMAND_MODULES = [data, demo]
+COMMAND_MODULES = [data, demo, pretrain, hierarchical]
 
 
 def build_parser() -> argparse.ArgumentParser:

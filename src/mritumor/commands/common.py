@@ -114,7 +114,8 @@ def save_resolved_config(args: argparse.Namespace, outdir: str | Path) -> Path:
     values = {
         k: v
         for k, v in vars(args).items()
-        if not k.startswith("_") and k not in ("handler", "config")
+        if not k.startswith("_")
+        and k not in ("handler", "config", "command", "data_command", "quiet")
     }
     path = Path(outdir) / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

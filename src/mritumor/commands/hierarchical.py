@@ -74,6 +74,13 @@ def register(subcommands) -> None:
         action="store_true",
         help="ImageNet weights from the local torch cache",
     )
+    flag(
+        parser,
+        "--augment",
+        choices=("standard", "light", "none"),
+        default="standard",
+        help="training augmentation: standard MRI augmentation, light (crops keep ≥ 90 %% of the slice), or none",
+    )
     flag(parser, "--lr", type=float, default=3e-4, help="AdamW learning rate (cosine schedule)")
     flag(parser, "--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
     flag(parser, "--dropout", type=float, default=0.25, help="dropout before the heads")

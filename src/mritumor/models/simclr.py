@@ -1,0 +1,53 @@
+"""SimCLR: a slice encoder from the backbone registry followed by a projection head.
+
+State-dict keys are ``encoder.*`` (the :class:`~mritumor.models.backbones.Encoder`, exactly the
+keys a supervised model's backbone has) and ``projection.*`` (discarded after pretraining).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mritumor.models.backbones import Encoder
+
+ENCODER_PREFIX = "encoder."
+
+
+class SimCLRModel(nn.Module):
+    """``forward(images) -> z``: encoder features (B, feature_dim) → projection (B, projection_dim).
+
+    The projection is SimCLR's MLP, Linear → ReLU → Linear; ``hidden_dim`` defaults to the
+    encoder's feature dimension, as in the paper.
+    """
+
+    def __init__(self, encoder: Encoder, projection_dim: int = 128, hidden_dim: int | None = None):
+        super().__init__()
+        if projection_dim < 1:
+            raise ValueError("projection_dim must be ≥ 1")
+        hidden_dim = hidden_dim or encoder.feature_dim
+        self.encoder = encoder
+        self.projection = nn.Sequential(
+            nn.Linear(encoder.feature_dim, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, projection_dim),
+        )
+        self.projection_dim = projection_dim
+        self.hidden_dim = hidden_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.encoder(images))
+
+
+def extract_encoder_state(simclr_state: dict) -> dict:
+    """The encoder's weights from a SimCLR state dict, ``encoder.`` prefix removed, ready for
+    ``Encoder.load_state_dict``. Projection weights are left out: they serve only the
+    contrastive task. The one place downstream code turns ``simclr_state`` into encoder weights."""
+    state = {
+        key[len(ENCODER_PREFIX) :]: value
+        for key, value in simclr_state.items()
+        if key.startswith(ENCODER_PREFIX)
+    }
+    if not state:
+        raise ValueError("the SimCLR state holds no encoder.* weights")
+    return state

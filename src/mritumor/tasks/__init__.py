@@ -1,0 +1,1 @@
+"""One LightningModule per task (ssl, hierarchical, multitask) and the function that runs it."""
