@@ -130,3 +130,34 @@ def test_gradients_reach_backbone_and_heads():
         "pooling.score.weight",
     ):
         assert dict(model.named_parameters())[name].grad.abs().sum() > 0, name
+
+
+def test_pretrained_weights_come_only_from_the_local_cache(tmp_path, monkeypatch):
+    """A fake cached file stands in for the ImageNet weights: it is loaded (never downloaded),
+    averaged into a grayscale first layer, and inputs get ImageNet normalisation."""
+    import torchvision
+
+    from mritumor.errors import MritumorError
+    from mritumor.models.backbones import encoder_from_config
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(MritumorError, match=r"resnet18-f37072fd\.pth"):
+        build_encoder("resnet18", in_channels=1, pretrained=True)
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18(weights=None)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    encoder = build_encoder("resnet18", in_channels=1, image_size=32, pretrained=True)
+    conv = encoder.body[0].weight
+    # a gray slice must excite the filters as the gray RGB image (x, x, x) would: sum over RGB
+    torch.testing.assert_close(conv, reference.conv1.weight.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(encoder.body[4][0].conv1.weight, reference.layer1[0].conv1.weight)
+    assert encoder.config.input_normalisation == "imagenet"
+    images = torch.rand(2, 1, 32, 32)
+    normalised = (images - 0.449) / 0.226
+    encoder.eval()
+    expected = encoder.pool(encoder.body(normalised)).flatten(1)
+    torch.testing.assert_close(encoder(images), expected, atol=1e-3, rtol=1e-3)
+    rebuilt = encoder_from_config(encoder.config.to_dict())
+    rebuilt.load_state_dict(encoder.state_dict())
+    torch.testing.assert_close(rebuilt.eval()(images), encoder(images))

@@ -19,11 +19,12 @@ import torch
 
 from mritumor.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from mritumor.cli import main
+from mritumor.data.splits import sample_labelled_patients
 from mritumor.data.synthetic import write_synthetic_dataset
 from mritumor.losses import nt_xent_loss
 from mritumor.models.backbones import build_encoder, encoder_from_config
 from mritumor.models.simclr import SimCLRModel, extract_encoder_state
-from mritumor.ssl_eval import load_encoder, probe_scores, sample_labelled_patients
+from mritumor.ssl_eval import load_encoder, probe_scores
 from mritumor.tasks.ssl import CHECKPOINT_KEYS, METADATA_KEYS, FixedViews
 
 SMALL = [
@@ -186,6 +187,7 @@ def test_checkpoint_has_exactly_the_documented_keys(run: Path):
         "in_channels": 1,
         "image_size": 32,
         "feature_dim": 256,
+        "input_normalisation": "none",
     }
     assert set(payload["metadata"]) == set(METADATA_KEYS) == {
         "epochs_run", "epochs_requested", "completed", "best_epoch", "best_val_loss", "data",

@@ -1,82 +1,118 @@
 """``mritumor demo``: the pipeline end to end on generated data (or ``--data_root``).
 
-Today's chain: synthesise → inspect → read, cache and split by patient → one augmented pass
-of patient bags through a DataLoader. Each later stage (pretrain, train-hierarchical,
-train-multitask, explain, compare, report) is appended here as it lands.
+The chain runs the same commands a user types, with small sizes so it fits a laptop CPU:
+synthesise → inspect → pretrain (SimCLR) → train-hierarchical with that encoder. Each later
+stage (train-multitask, explain, compare, report) is appended here as it lands.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-
-from mritumor.data.datasets import PatientBagDataset, collate_bags
-from mritumor.data.inspect import format_report, inspect_catalog
-from mritumor.data.prepare import prepare_data
-from mritumor.data.readers import read_catalog
-from mritumor.data.synthetic import write_synthetic_dataset
-from mritumor.data.transforms import build_transform
-
-log = logging.getLogger(__name__)
+from mritumor.errors import MritumorError
 
 
-def run_demo(outdir: Path, data_root: str | None = None, image_size: int = 128) -> dict:
+def run_demo(outdir: Path, data_root: str | None = None, quick: bool = False) -> dict:
+    from mritumor.cli import main  # the demo runs exactly what users type
+
     outdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    if data_root is None:
-        print("[1/4] Generating a synthetic cohort (5 classes × 6 patients × 8 slices)")
-        data_root = write_synthetic_dataset(
-            outdir / "data",
-            patients_per_class=6,
-            slices_per_patient=8,
-            image_size=image_size,
-            seed=0,
+    real = data_root is not None
+    size = "128" if real else "64"
+    backbone = "mobilenet_v2" if real else "small_cnn"
+    epochs = {
+        "ssl": "2" if quick else ("10" if real else "15"),
+        "sup": "2" if quick else ("15" if real else "20"),
+    }
+
+    def step(title: str, argv: list[str]) -> None:
+        print(f"\n=== {title}\n$ mritumor {' '.join(argv)}", flush=True)
+        if main(argv) != 0:
+            raise MritumorError(f"demo step failed: {title}")
+
+    if not real:
+        data_root = str(outdir / "data")
+        step(
+            "1/4 Generate a synthetic cohort",
+            [
+                "data",
+                "synth",
+                "--out",
+                data_root,
+                "--patients_per_class",
+                "12",
+                "--slices_per_patient",
+                "6",
+                "--image_size",
+                "64",
+            ],
         )
-    print(f"[2/4] Inspecting {data_root}")
-    report = inspect_catalog(read_catalog(data_root))
-    (outdir / "inspect.json").write_text(json.dumps(report, indent=2))
-    print(format_report(report))
-    print("[3/4] Reading, caching and splitting by patient")
-    data = prepare_data(data_root, image_size=image_size, outdir=outdir, seed=0)
-    print(
-        f"      split: {len(data.split.train)}/{len(data.split.val)}/{len(data.split.test)} patients "
-        f"({data.split.strategy}) → {outdir / 'split.json'}"
+    step("2/4 Inspect the data", ["data", "inspect", "--data_root", data_root])
+    ssl_dir, run_dir = outdir / "simclr_pretrain", outdir / "two_step"
+    step(
+        "3/4 Self-supervised pretraining (SimCLR, labels unused)",
+        [
+            "pretrain",
+            "--data_root",
+            data_root,
+            "--outdir",
+            str(ssl_dir),
+            "--encoder",
+            backbone,
+            "--image_size",
+            size,
+            "--epochs",
+            epochs["ssl"],
+            "--batch_size",
+            "32",
+            "--lr",
+            "1e-3",
+        ],
     )
-    print("[4/4] One augmented pass over training bags")
-    bags = PatientBagDataset(
-        data.cache,
-        data.split.train,
-        data.labels,
-        bag_size=8,
-        bag_policy="random",
-        transform=build_transform("train", image_size),
+    step(
+        "4/4 Two-step classifier: patient bags → type → grade, from the SSL encoder",
+        [
+            "train-hierarchical",
+            "--data_root",
+            data_root,
+            "--outdir",
+            str(run_dir),
+            "--epochs",
+            epochs["sup"],
+            "--batch_size",
+            "2",
+            "--bag_size",
+            "6",
+            "--bag_policy",
+            "uniform",
+            "--backbone",
+            backbone,
+            "--ssl_ckpt",
+            str(ssl_dir / "simclr_pretrain.pt"),
+            "--image_size",
+            size,
+            "--lr",
+            "1e-3",
+            "--augment",
+            "light",
+            "--split_file",
+            str(ssl_dir / "split.json"),
+        ],
     )
-    loader = DataLoader(bags, batch_size=2, shuffle=True, collate_fn=collate_bags)
-    pass_started, slices = time.perf_counter(), 0
-    for batch in tqdm(loader, desc="Bags", unit="batch"):
-        slices += int(batch["mask"].sum())
-    rate = slices / (time.perf_counter() - pass_started)
+    metrics = json.loads((run_dir / "test_metrics.json").read_text())
     summary = {
-        "data_root": str(data_root),
-        "slices": len(data.catalog),
-        "patients": len(data.catalog.patients),
-        "skipped": len(data.catalog.problems),
-        "split": {
-            "train": len(data.split.train),
-            "val": len(data.split.val),
-            "test": len(data.split.test),
-        },
-        "augmented_slices_per_second": round(rate, 1),
         "seconds": round(time.perf_counter() - started, 1),
+        "data_root": data_root,
+        "ssl_checkpoint": str(ssl_dir / "simclr_pretrain.pt"),
+        "run": str(run_dir),
+        "tumor_type_accuracy": metrics["tumor_type_accuracy"],
+        "grade_e2e_accuracy": metrics.get("grade_e2e_accuracy"),
     }
     (outdir / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\nDemo finished in {summary['seconds']} s.")
     print(
-        f"Done in {summary['seconds']} s. Results in {outdir.resolve()}: inspect.json, split.json, "
-        "demo_summary.json"
+        f"Results: {run_dir.resolve()} (test_metrics.json, ROC/PR curves, confusion matrices, predictions.csv)"
     )
     return summary

@@ -31,7 +31,7 @@ from mritumor.checkpoints import CheckpointError, load_checkpoint
 from mritumor.data.cache import SliceCache
 from mritumor.data.datasets import rows_of_patients
 from mritumor.data.prepare import prepare_data
-from mritumor.data.splits import Split
+from mritumor.data.splits import Split, sample_labelled_patients
 from mritumor.errors import DataError
 from mritumor.models.backbones import Encoder, build_encoder, encoder_from_config
 from mritumor.models.simclr import extract_encoder_state
@@ -76,21 +76,6 @@ def embed(
         images = torch.stack([cache.image(int(r)) for r in rows[start : start + batch_size]])
         features.append(encoder(images.to(device)).float().cpu().numpy())
     return np.concatenate(features)
-
-
-def sample_labelled_patients(
-    patient_types: dict[str, str], fraction: float, seed: int = 0
-) -> list[str]:
-    """``fraction`` of the patients of each type (at least one per type), drawn with ``seed``."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"label_fraction must be in (0, 1], not {fraction}")
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for tumor_type in sorted(set(patient_types.values())):
-        patients = sorted(p for p, t in patient_types.items() if t == tumor_type)
-        keep = max(1, round(fraction * len(patients)))
-        chosen += [patients[i] for i in sorted(rng.permutation(len(patients))[:keep])]
-    return sorted(chosen)
 
 
 def probe_scores(

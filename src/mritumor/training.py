@@ -61,13 +61,15 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 def default_workers(requested: int) -> int:
-    """Workers only pay off when there are cores to spare: data comes from the in-memory cache."""
+    """Decoding is done once by the cache; workers only run augmentation. Even on 2 cores one
+    worker pays: it augments with one thread while the main process computes, instead of the
+    main process running many tiny augmentation ops on a contended thread pool."""
     if requested >= 0:
         return requested
     cores = (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
-    return 0 if cores <= 2 else min(8, cores // 2)
+    return min(8, max(1, cores // 2))
 
 
 def parse_devices(devices: str):

@@ -13,10 +13,11 @@ def register(subcommands) -> None:
     )
     flag(demo, "--outdir", default="runs/demo", help="where the demo writes its data and results")
     flag(demo, "--data_root", default=None, help="run on this dataset instead of generated data")
+    flag(demo, "--quick", action="store_true", help="a few epochs only (a smoke test of the chain)")
     demo.set_defaults(handler=run)
 
 
 def run(args) -> None:
     from mritumor.demo import run_demo
 
-    run_demo(Path(args.outdir), args.data_root)
+    run_demo(Path(args.outdir), args.data_root, quick=args.quick)

@@ -129,6 +129,13 @@ def register(subcommands) -> None:
         default=None,
         help="keep the preprocessed cache on disk here (re-used across runs)",
     )
+    flag(
+        parser,
+        "--label_fraction",
+        type=float,
+        default=1.0,
+        help="train on this share of the training patients (per type); val/test unchanged",
+    )
     add_split_flags(parser)
     from mritumor.training import add_trainer_flags
 

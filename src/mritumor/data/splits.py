@@ -187,6 +187,21 @@ def _patients_of(table: pd.DataFrame, column: str, group_ids) -> list[str]:
     return sorted(set(members.astype(str)))
 
 
+def sample_labelled_patients(
+    patient_types: dict[str, str], fraction: float, seed: int = 0
+) -> list[str]:
+    """``fraction`` of the patients of each type (at least one per type), drawn with ``seed``."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label_fraction must be in (0, 1], not {fraction}")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for tumor_type in sorted(set(patient_types.values())):
+        patients = sorted(p for p, t in patient_types.items() if t == tumor_type)
+        keep = max(1, round(fraction * len(patients)))
+        chosen += [patients[i] for i in sorted(rng.permutation(len(patients))[:keep])]
+    return sorted(chosen)
+
+
 def load_split(path: str | Path, table: pd.DataFrame) -> Split:
     """A split saved by a previous run; patients absent from the data are reported."""
     try:

@@ -33,6 +33,8 @@ class EncoderConfig:
     in_channels: int = 1
     image_size: int = 224
     feature_dim: int = 0  # filled in by build_encoder
+    # ImageNet weights expect ImageNet-standardised inputs; slices arrive in [0, 1].
+    input_normalisation: str = "none"  # "none" | "imagenet"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,12 +49,36 @@ class Encoder(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = feature_dim
         self.config = config
+        mean, std = input_statistics(config.input_normalisation, config.in_channels)
+        # not persistent: derived from the config, so state dicts are the same for every setting
+        self.register_buffer("input_mean", mean, persistent=False)
+        self.register_buffer("input_std", std, persistent=False)
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        if self.config.input_normalisation != "none":
+            images = (images - self.input_mean) / self.input_std
         return self.body(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.pool(self.body(images)), 1)
+        return torch.flatten(self.pool(self.feature_map(images)), 1)
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def input_statistics(normalisation: str, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean/std applied to inputs. A grayscale slice gets the average ImageNet
+    statistics, matching the summed first-layer filters of :func:`adapt_first_conv`."""
+    if normalisation == "none":
+        return torch.zeros(1, channels, 1, 1), torch.ones(1, channels, 1, 1)
+    if normalisation != "imagenet":
+        raise MritumorError(f"unknown input normalisation {normalisation!r}")
+    if channels == 3:
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    else:
+        mean = torch.full((channels,), sum(IMAGENET_MEAN) / 3)
+        std = torch.full((channels,), sum(IMAGENET_STD) / 3)
+    return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
 
 
 def build_encoder(
@@ -65,14 +91,18 @@ def build_encoder(
     if in_channels < 1:
         raise MritumorError("in_channels must be ≥ 1")
     body, feature_dim = BACKBONES[name](in_channels, pretrained)
-    config = EncoderConfig(name, in_channels, image_size, feature_dim)
+    normalisation = "imagenet" if pretrained else "none"
+    config = EncoderConfig(name, in_channels, image_size, feature_dim, normalisation)
     return Encoder(body, feature_dim, config)
 
 
 def encoder_from_config(config: dict) -> Encoder:
-    return build_encoder(
-        config["name"], config["in_channels"], config["image_size"], pretrained=False
-    )
+    """The architecture a checkpoint describes (its weights are loaded by the caller)."""
+    if config.get("name") not in BACKBONES:
+        raise MritumorError(f"unknown backbone {config.get('name')!r} in checkpoint")
+    body, feature_dim = BACKBONES[config["name"]](config["in_channels"], False)
+    known = {k: v for k, v in config.items() if k in EncoderConfig.__dataclass_fields__}
+    return Encoder(body, feature_dim, EncoderConfig(**{**known, "feature_dim": feature_dim}))
 
 
 # --------------------------------------------------------------------------- torchvision models

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -23,7 +24,7 @@ from mritumor.commands.common import save_resolved_config
 from mritumor.data.datasets import PatientBagDataset, collate_bags
 from mritumor.data.labels import LabelSpace
 from mritumor.data.prepare import PreparedData, prepare_data
-from mritumor.data.splits import Split, make_folds
+from mritumor.data.splits import Split, make_folds, sample_labelled_patients
 from mritumor.data.transforms import AugmentConfig, build_transform
 from mritumor.evaluation.calibration import fit_temperature
 from mritumor.evaluation.hierarchical import evaluate_hierarchical
@@ -117,6 +118,23 @@ class HierarchicalTask(L.LightningModule):
 
 
 # ----------------------------------------------------------------------------- building blocks
+
+
+def with_fewer_labels(
+    data: PreparedData, split: Split, fraction: float, seed: int, outdir: Path
+) -> Split:
+    """Keep ``fraction`` of the training patients (per type, at least one each); validation and
+    test stay whole. For label-efficiency studies (e.g. SSL init vs scratch at 10 % labels)."""
+    table = data.catalog.subset(split.train).table.drop_duplicates("patient_id")
+    kept = sample_labelled_patients(
+        dict(zip(table["patient_id"], table["tumor_type"], strict=True)), fraction, seed
+    )
+    log.info(
+        "label_fraction %.2f: training on %d of %d patients", fraction, len(kept), len(split.train)
+    )
+    reduced = replace(split, train=kept, extra={**split.extra, "label_fraction": fraction})
+    reduced.save(outdir / "split.json")
+    return reduced
 
 
 def build_model(args: argparse.Namespace, labels: LabelSpace, channels: int) -> TwoStepClassifier:
@@ -300,6 +318,8 @@ def train_hierarchical(args: argparse.Namespace) -> dict:
 
 def run_fold(args, data: PreparedData, split: Split, outdir: Path) -> dict:
     L.seed_everything(args.seed, workers=True, verbose=False)
+    if args.label_fraction < 1:
+        split = with_fewer_labels(data, split, args.label_fraction, args.seed, outdir)
     labels = LabelSpace.from_table(data.catalog.subset(split.train).table)
     if len(labels.types) < 2:
         from mritumor.errors import DataError
