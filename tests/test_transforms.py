@@ -270,7 +270,8 @@ def test_ssl_always_changes_intensity_even_without_geometry() -> None:
 
 def test_ssl_default_config_is_stronger_than_train() -> None:
     assert SSL_CONFIG.crop_scale[0] < AugmentConfig().crop_scale[0]
-    assert build_transform("ssl", SIZE).config.crop_scale == (0.3, 1.0)
+    assert build_transform("ssl", SIZE).config.crop_scale == SSL_CONFIG.crop_scale
+    assert SSL_CONFIG.rotate_degrees > AugmentConfig().rotate_degrees
 
 
 # --- errors -----------------------------------------------------------------------------------
