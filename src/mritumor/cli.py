@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             format="%(levelname)s %(name)s: %(message)s",
             force=True,
         )
+        if args.quiet:  # Lightning logs through its own loggers and handlers
+            for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+                logging.getLogger(name).setLevel(logging.WARNING)
         args.handler(args)
     except MritumorError as error:
         print(f"mritumor: error: {error}", file=sys.stderr)
