@@ -95,8 +95,9 @@ def run_demo(outdir: Path, data_root: str | None = None, quick: bool = False) ->
             size,
             "--lr",
             "1e-3",
+            # 16 synthetic patients per class: augmentation would only slow learning down
             "--augment",
-            "light" if real else "none",  # 16 synthetic patients per class: augmentation slows learning
+            "light" if real else "none",
             "--patience",
             "0",
             "--split_file",
