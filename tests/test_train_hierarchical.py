@@ -32,7 +32,7 @@ def cohort(tmp_path_factory) -> Path:
         tmp_path_factory.mktemp("h") / "data",
         patients_per_class=12,
         slices_per_patient=4,
-        image_size=48,
+        image_size=64,
         seed=1,
     )
 
@@ -55,7 +55,7 @@ def train(data_root: Path, outdir: Path, *extra: str) -> int:
             "--backbone",
             "small_cnn",
             "--image_size",
-            "48",
+            "64",
             "--lr",
             "1e-3",
             "--augment",
@@ -94,6 +94,7 @@ def test_learns_types_and_writes_every_seed_artifact(cohort: Path, tmp_path: Pat
     n = metrics["n_patients"]
     assert n >= 10
     # 3 types (chance ≈ 0.4 for the most common): the heads must be wired right to beat this
+    # (64 px: at 48 px the synthetic textures are too small and accuracy hovers around 0.65)
     assert metrics["tumor_type_accuracy"]["value"] >= 0.7, metrics["tumor_type_accuracy"]
     low, high = metrics["tumor_type_accuracy"]["low"], metrics["tumor_type_accuracy"]["high"]
     assert low <= metrics["tumor_type_accuracy"]["value"] <= high

@@ -30,13 +30,27 @@ class CheckpointError(MritumorError):
 
 
 def save_checkpoint(payload: dict, path: str | Path) -> Path:
+    """``payload`` plus its ``format``, written atomically (:func:`atomic_save`)."""
+    return atomic_save({"format": CHECKPOINT_FORMAT, **payload}, path)
+
+
+def atomic_save(obj, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the target's folder, fsync, then rename over the
+    target (and fsync the folder, so the rename itself survives a power cut). A kill, an
+    exception or a full disk at any moment leaves the previous file intact; errors of the
+    file system become a :class:`CheckpointError` that says so."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": CHECKPOINT_FORMAT, **payload}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+        )
+    except OSError as error:
+        raise CheckpointError(f"could not write {path} ({error})") from error
     try:
         with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
+            os.fchmod(stream.fileno(), 0o666 & ~_umask())  # mkstemp's 0600 would hide it
+            torch.save(obj, stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
@@ -47,15 +61,41 @@ def save_checkpoint(payload: dict, path: str | Path) -> Path:
                 f"could not write {path} ({error}); the previous file is intact"
             ) from error
         raise
+    _fsync_folder(path.parent)
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask can only
+    read it by setting it, which races with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not supported here (e.g. Windows); the rename is still atomic
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _safe_load(path: Path, mmap: bool = False):
+    """``torch.load(weights_only=True)`` with its failures turned into clear CheckpointErrors."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"{path} is not a safe checkpoint: it contains Python objects other than tensors and plain "
@@ -64,6 +104,27 @@ def load_checkpoint(path: str | Path) -> dict:
         ) from error
     except (RuntimeError, EOFError, ValueError, OSError) as error:
         raise CheckpointError(f"{path} is not a readable checkpoint ({error})") from error
+
+
+def check_resume_checkpoint(path: str | Path) -> Path:
+    """Lightning's ``last.ckpt`` before ``--resume`` hands it to Lightning: loaded once with
+    ``weights_only=True`` (memory-mapped) so that an unsafe, truncated or foreign file is
+    refused with a clear message instead of a traceback from inside the trainer."""
+    path = Path(path)
+    payload = _safe_load(path, mmap=True)
+    if not isinstance(payload, dict) or "state_dict" not in payload or "loops" not in payload:
+        raise CheckpointError(
+            f"{path} is not a Lightning training checkpoint of mritumor; --resume needs the "
+            "checkpoints/last.ckpt an interrupted run left in its --outdir"
+        )
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by :func:`save_checkpoint`, loaded without unpickling code; one of
+    another ``format`` (an older or newer mritumor) is refused, naming both versions."""
+    path = Path(path)
+    payload = _safe_load(path)
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} does not hold a mritumor checkpoint")
     found = payload.get("format")

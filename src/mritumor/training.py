@@ -2,18 +2,36 @@
 
 CPU by default where there is no GPU; bf16 mixed precision on GPU; DDP when more than one
 device or node is asked for (gloo on CPU, NCCL on GPU — chosen by Lightning).
+
+Every trainer also gets:
+
+* :class:`EpochSeeding`: the random generators are re-seeded from (seed, epoch) before each
+  training epoch, so a run resumed with ``--resume`` after a crash continues exactly as the
+  uninterrupted run would have (same shuffling, augmentation and dropout);
+* :class:`AtomicCheckpointIO`: Lightning's own checkpoints (``checkpoints/last.ckpt``) are
+  written like mritumor's (temporary file in the same folder, fsync, rename), so a kill or a
+  full disk while saving leaves the previous one intact.
+
+Tasks add :class:`LastCheckpoint` to write ``checkpoints/last.ckpt`` after every epoch.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import random
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mritumor.commands.common import flag
+
+log = logging.getLogger(__name__)
 
 
 def add_trainer_flags(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +105,10 @@ def build_trainer(
 
     devices = parse_devices(str(args.devices))
     many = (isinstance(devices, int) and devices > 1) or args.num_nodes > 1
+    callbacks = list(callbacks or [])
+    seed = getattr(args, "seed", None)
+    if seed is not None and not any(isinstance(c, EpochSeeding) for c in callbacks):
+        callbacks.append(EpochSeeding(seed))
     options = {
         "max_epochs": max_epochs,
         "accelerator": args.accelerator,
@@ -96,7 +118,8 @@ def build_trainer(
         "strategy": "ddp" if many else "auto",
         "deterministic": bool(args.deterministic),
         "logger": CSVLogger(str(outdir), name="logs"),
-        "callbacks": callbacks or [],
+        "callbacks": callbacks,
+        "plugins": [AtomicCheckpointIO()],
         "enable_progress_bar": not getattr(args, "quiet", False),
         "enable_model_summary": False,
         "default_root_dir": str(outdir),
@@ -104,6 +127,127 @@ def build_trainer(
     }
     options.update(overrides)
     return L.Trainer(**options)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A 32-bit seed for one epoch of one process, independent of every other (seed, epoch)."""
+    return int(np.random.SeedSequence([seed % 2**32, epoch, rank]).generate_state(1)[0])
+
+
+def seed_generators(seed: int) -> None:
+    """Python's, NumPy's and torch's global generators (torch seeds every CUDA device too)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class EpochSeeding(L.Callback):
+    """Re-seeds the global generators from (seed, epoch, rank) right before each training epoch's
+    data iterator is created, so that what an epoch draws (the shuffling order, the data-loader
+    workers' seeds, augmentation, dropout) depends only on the seed and the epoch number.
+
+    Lightning restores weights, optimiser, schedulers and loop counters on ``--resume`` but not
+    the generators; with this callback a run resumed at epoch k (from the ``last.ckpt`` of
+    epoch k - 1) trains epoch k and the following ones exactly as the uninterrupted run did (on
+    CPU, with ``--deterministic``; on GPU up to non-deterministic kernels).
+
+    When the iterator is created (Lightning 2.x ``FitLoop``): for the first epoch of a fit it
+    is created in ``FitLoop.setup_data`` *before* ``on_train_epoch_start`` (and, on resume,
+    after the checkpoint was restored); for the following epochs, after it. So the first epoch
+    of a fit is seeded in ``on_fit_start`` (or in ``on_load_checkpoint`` when a strategy
+    restores the checkpoint after ``on_fit_start``), from the epoch the fit will start at, and
+    every later epoch in ``on_train_epoch_start``. A persistent-workers loader re-uses its
+    workers, and their generators, across epochs: exact only with non-persistent workers or
+    ``--num_workers 0``. Validation and test data do not depend on these generators.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+        self._start_epoch = 0
+        self._seeded_epoch: int | None = None  # the epoch already seeded before its iterator
+        self._fitting = False
+
+    def _seed(self, trainer: L.Trainer, epoch: int) -> None:
+        seed_generators(epoch_seed(self.seed, epoch, trainer.global_rank))
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fitting = True
+        self._seed(trainer, self._start_epoch)
+        self._seeded_epoch = self._start_epoch
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._start_epoch = resumed_epoch(checkpoint)
+        if self._fitting:  # restored after on_fit_start: the iterator still does not exist
+            self._seed(trainer, self._start_epoch)
+            self._seeded_epoch = self._start_epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if self._seeded_epoch is not None:
+            seeded, self._seeded_epoch = self._seeded_epoch, None
+            if seeded == epoch:
+                return  # seeded before its iterator was made; seeding again would differ
+            log.warning(
+                "the first epoch of this fit is %d, but it was seeded as epoch %d before its "
+                "data iterator was made: a resumed run may differ from an uninterrupted one",
+                epoch,
+                seeded,
+            )
+        self._seed(trainer, epoch)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fitting, self._start_epoch, self._seeded_epoch = False, 0, None
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict.get("seed", self.seed) != self.seed:
+            log.warning(
+                "resuming with --seed %d a run started with --seed %d: from here on it draws "
+                "other random numbers than the original run would have",
+                self.seed,
+                state_dict["seed"],
+            )
+
+
+def resumed_epoch(checkpoint: dict) -> int:
+    """The epoch a fit resumed from this Lightning checkpoint starts at: the epochs the fit
+    loop had processed (what ``FitLoop`` itself restarts from), else the one after the saved
+    ``epoch`` (checkpoints are written at the end of an epoch)."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        return int(checkpoint.get("epoch", -1)) + 1
+
+
+class LastCheckpoint(Checkpoint):
+    """``DIR/last.ckpt`` (Lightning's full training state) at the end of every training epoch,
+    for ``--resume``. Lightning's ``ModelCheckpoint(save_last=True, save_top_k=0)`` writes it
+    only in a step where it also saved a top-k checkpoint, that is never before the run ends,
+    so a crash lost every finished epoch. Saved in ``on_train_epoch_end``, after the other
+    callbacks (Lightning runs checkpoint callbacks last), like ``ModelCheckpoint`` does: a fit
+    resumed from it starts at the next epoch with the learning-rate schedule where it was."""
+
+    def __init__(self, dirpath: str | Path, filename: str = "last.ckpt"):
+        self.path = Path(dirpath) / filename
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path)  # every rank calls it; rank 0 writes
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written with :func:`mritumor.checkpoints.atomic_save`. (Lightning's
+    own writer stages the file in the system temporary folder and moves it, which copies, not
+    renames, when that folder is on another disk, and never fsyncs.)"""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        from mritumor.checkpoints import atomic_save
+
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        atomic_save(checkpoint, path)
 
 
 class BestStateCheckpoint(L.Callback):

@@ -11,6 +11,7 @@ Slices that cannot be decoded are dropped from the catalog here and counted as p
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from mritumor.data import io
 from mritumor.data.catalog import Catalog, Problem, check_not_empty, raise_if_strict
-from mritumor.errors import DataError
+from mritumor.resources import ResourceError, check_free_space, check_writable
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the stored layout or preprocessing changes
@@ -140,6 +141,7 @@ class SliceCache:
             log.info("cache would not fit comfortably in memory; using disk cache %s", cache_dir)
         key = cache_key(catalog, prep)
         if cache_dir is not None:
+            check_writable(cache_dir, "cache folder (--cache_dir)")
             cached = cls._load_from_disk(catalog, prep, Path(cache_dir), key)
             if cached is not None:
                 log.info("re-using preprocessed cache %s", Path(cache_dir) / key)
@@ -210,13 +212,26 @@ class SliceCache:
         folder = cache_dir / key
         if not (folder / "meta.json").is_file():
             return None
-        meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("rows") != len(catalog) or meta.get("format") != CACHE_FORMAT:
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            if meta.get("rows") != len(catalog) or meta.get("format") != CACHE_FORMAT:
+                return None
+            images = np.load(folder / "images.npy", mmap_mode="r", allow_pickle=False)
+            masks = np.load(folder / "masks.npy", mmap_mode="r", allow_pickle=False)
+            has_mask = np.load(folder / "has_mask.npy", allow_pickle=False)
+            failed = {int(k): v for k, v in meta["failed"].items()}
+        except (OSError, ValueError, KeyError, AttributeError) as error:
+            # damaged or foreign files: rebuilt from the data rather than trusted
+            log.warning("disk cache %s is unreadable (%s); rebuilding it", folder, error)
             return None
-        images = np.load(folder / "images.npy", mmap_mode="r")
-        masks = np.load(folder / "masks.npy", mmap_mode="r")
-        has_mask = np.load(folder / "has_mask.npy")
-        failed = {int(k): v for k, v in meta["failed"].items()}
+        expected = (len(catalog), prep.channels, prep.image_size, prep.image_size)
+        if (
+            images.shape != expected
+            or masks.shape[0] != len(catalog)
+            or len(has_mask) != len(catalog)
+        ):
+            log.warning("disk cache %s does not match the data; rebuilding it", folder)
+            return None
         problems = [
             Problem(str(catalog.table.at[p, "image"]), r) for p, r in sorted(failed.items())
         ]
@@ -274,28 +289,36 @@ def _available_memory() -> int:
 
 
 def _allocate(n: int, prep: Preprocessing, folder: Path | None):
+    """In memory, or memory-mapped ``.npy`` files in ``folder``: for those the free space is
+    checked first (N × S² × (2C + 1) bytes: float16 images and uint8 masks) and then reserved,
+    because writing into a memory map on a disk that fills up kills the process (SIGBUS)
+    instead of raising an error."""
     shape_images = (n, prep.channels, prep.image_size, prep.image_size)
     shape_masks = (n, 1, prep.image_size, prep.image_size)
     if folder is None:
         return np.zeros(shape_images, np.float16), np.zeros(shape_masks, np.uint8)
+    check_free_space(folder.parent, _bytes_needed(n, prep), "the preprocessed slice cache")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "meta.json").unlink(missing_ok=True)
-    needed = _bytes_needed(n, prep)
-    free = _free_disk(folder)
-    if free is not None and needed > free:
-        raise DataError(
-            f"the cache needs {needed / 2**30:.1f} GiB but {folder} has {free / 2**30:.1f} GiB free"
-        )
     open_memmap = np.lib.format.open_memmap
-    return (
-        open_memmap(folder / "images.npy", mode="w+", dtype=np.float16, shape=shape_images),
-        open_memmap(folder / "masks.npy", mode="w+", dtype=np.uint8, shape=shape_masks),
-    )
+    images = open_memmap(folder / "images.npy", mode="w+", dtype=np.float16, shape=shape_images)
+    masks = open_memmap(folder / "masks.npy", mode="w+", dtype=np.uint8, shape=shape_masks)
+    for name in ("images.npy", "masks.npy"):
+        _reserve(folder / name)
+    return images, masks
 
 
-def _free_disk(folder: Path) -> int | None:
+def _reserve(path: Path) -> None:
+    """Allocate the blocks of a sparse file now, so a full disk is an error here, not later."""
+    if not hasattr(os, "posix_fallocate"):
+        return
     try:
-        stat = os.statvfs(folder)
-        return stat.f_bavail * stat.f_frsize
-    except OSError:
-        return None
+        with open(path, "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, path.stat().st_size)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceError(
+                f"no space left for the preprocessed slice cache {path} ({error.strerror}); "
+                "free some space or choose another --cache_dir"
+            ) from error
+        # other errors: the file system cannot reserve space (EOPNOTSUPP, EINVAL); go on

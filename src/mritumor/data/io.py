@@ -101,8 +101,14 @@ def image_header_shape(path: str | Path, frame: int = -1) -> tuple[int, int]:
 
 
 def _read_raw(path: Path, frame: int, kind: str) -> np.ndarray:
+    # A FIFO or device named like an image would block or stream forever in open(): refused
+    # without opening it, as is a symbolic link that is broken or loops.
+    if not path.exists():
+        raise SliceReadError(
+            "broken or looping symbolic link" if path.is_symlink() else "file not found"
+        )
     if not path.is_file():
-        raise SliceReadError("file not found")
+        raise SliceReadError("not a regular file")
     if path.stat().st_size == 0:
         raise SliceReadError("empty file (0 bytes)")
     suffix = suffix_of(path)
@@ -153,10 +159,33 @@ def _channels_equal(array: np.ndarray) -> bool:
 
 
 def _read_npy(path: Path) -> np.ndarray:
-    header = np.load(path, mmap_mode="r", allow_pickle=False)  # reads the header only
-    check_size(header.shape, path)
-    if header.dtype.kind not in "biuf":
-        raise SliceReadError(f"unsupported array dtype {header.dtype}")
+    """The header is read and checked first (shape, dtype, whether the file holds all the bytes
+    it promises), so a huge or truncated array is refused with its reason before mapping it.
+    Pickled object arrays are never loaded."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise SliceReadError(f"unsupported .npy format version {version[0]}.{version[1]}")
+        offset = handle.tell()
+    if dtype.hasobject:
+        raise SliceReadError("array of Python objects (pickled data is never loaded)")
+    if dtype.kind not in "biuf":
+        raise SliceReadError(f"unsupported array dtype {dtype}")
+    if len(shape) not in (2, 3):
+        raise SliceReadError(f"expected a 2-D slice, got an array of shape {tuple(shape)}")
+    check_size(shape, path)
+    if int(np.prod(shape, dtype=np.int64)) > MAX_PIXELS * MAX_CHANNELS:
+        raise SliceReadError(f"array of shape {tuple(shape)} exceeds the size limit")
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if path.stat().st_size < expected:
+        raise SliceReadError(
+            f"truncated .npy file ({path.stat().st_size} bytes, the header promises {expected})"
+        )
+    header = np.load(path, mmap_mode="r", allow_pickle=False)
     if header.ndim == 3 and header.shape[0] <= MAX_CHANNELS and header.shape[-1] > MAX_CHANNELS:
         return np.moveaxis(np.asarray(header), 0, -1)  # stored channel-first
     return np.asarray(header)

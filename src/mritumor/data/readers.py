@@ -24,6 +24,7 @@ from mritumor.data.catalog import (
     drop_conflicting_patients,
     make_table,
     natural_key,
+    normalise_grade,
     raise_if_strict,
     summarise_problems,
 )
@@ -94,17 +95,27 @@ def detect_format(root: Path) -> str:
 def read_folder_tree(root: Path) -> Catalog:
     """``ROOT/<type>[-g<grade>]/<patient>/<slices>`` (seed 000): 2-D files, a DICOM series, or
     one NIfTI volume per patient. Masks: ``<stem>_mask.<ext>`` beside the slice or a ``masks/``
-    sub-folder with the same file name; for NIfTI a volume whose name contains mask/seg."""
+    sub-folder with the same file name; for NIfTI a volume whose name contains mask/seg.
+
+    Counted and skipped rather than read: class or patient folders whose names are not valid
+    UTF-8 (they could not be written to reports), symbolic links that are broken or loop, and
+    symbolic links to folders inside the data root, to the root itself or above it, or to a
+    folder already read: each folder's slices are read once, under their own class, so a link
+    can neither duplicate a patient (train/test leakage) nor give its slices a second label."""
     rows: list[dict] = []
     problems: list[Problem] = []
-    class_dirs = sorted(
-        (d for d in root.iterdir() if d.is_dir()), key=lambda d: natural_key(d.name)
-    )
+    root_real = root.resolve()
+    seen: set[Path] = set()
+    class_dirs = sorted(_subfolders(root, problems), key=lambda d: natural_key(d.name))
     if not class_dirs:
         raise DataError(
             f"{root} has no class folders; expected ROOT/<type>[-g<grade>]/<patient>/<slices>"
         )
     for class_dir in class_dirs:
+        trouble = _folder_trouble(class_dir, root_real, seen)
+        if trouble:
+            problems.append(trouble)
+            continue
         match = CLASS_FOLDER.match(class_dir.name)
         if not match:
             problems.append(
@@ -112,9 +123,7 @@ def read_folder_tree(root: Path) -> Catalog:
             )
             continue
         tumor_type, grade = match["type"].strip(), match["grade"]
-        patient_dirs = sorted(
-            (d for d in class_dir.iterdir() if d.is_dir()), key=lambda d: natural_key(d.name)
-        )
+        patient_dirs = sorted(_subfolders(class_dir, problems), key=lambda d: natural_key(d.name))
         stray = [f for f in class_dir.iterdir() if f.is_file() and not f.name.startswith(".")]
         if stray:
             problems.append(
@@ -124,6 +133,10 @@ def read_folder_tree(root: Path) -> Catalog:
                 )
             )
         for patient_dir in patient_dirs:
+            trouble = _folder_trouble(patient_dir, root_real, seen)
+            if trouble:
+                problems.append(trouble)
+                continue
             found, trouble = _patient_rows(patient_dir)
             problems.extend(trouble)
             if not found and not trouble:
@@ -136,20 +149,82 @@ def read_folder_tree(root: Path) -> Catalog:
     return Catalog(make_table(rows), "folder", root, problems)
 
 
+def _subfolders(folder: Path, problems: list[Problem]) -> list[Path]:
+    """Sub-folders (following links); links that lead nowhere are reported, not dropped silently."""
+    found = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError as error:
+        problems.append(Problem(str(folder), f"cannot list folder ({error.strerror or error})"))
+        return found
+    for entry in entries:
+        if entry.is_dir():
+            found.append(entry)
+        elif entry.is_symlink() and not entry.exists():
+            problems.append(Problem(str(entry), "broken or looping symbolic link; skipped"))
+    return found
+
+
+def _folder_trouble(folder: Path, root_real: Path, seen: set[Path]) -> Problem | None:
+    """Why a class or patient folder must not be read, or None. See :func:`read_folder_tree`."""
+    if not _is_utf8(folder.name):
+        return Problem(
+            str(folder), "folder name is not valid UTF-8; rename it (it names a class or patient)"
+        )
+    if not folder.is_symlink():
+        seen.add(folder.resolve())
+        return None
+    try:
+        real = folder.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return Problem(str(folder), "broken or looping symbolic link; skipped")
+    if real == root_real or real in root_real.parents:
+        return Problem(
+            str(folder), f"symbolic link to {real}, the data root or above it (a loop); skipped"
+        )
+    if root_real in real.parents:
+        return Problem(
+            str(folder),
+            f"symbolic link to {real} inside the data root; skipped (each folder is read once, "
+            "under its own class)",
+        )
+    if real in seen:
+        return Problem(
+            str(folder), f"symbolic link to {real}, a folder already read; skipped (no duplicates)"
+        )
+    seen.add(real)
+    return None
+
+
+def _is_utf8(name: str) -> bool:
+    # os.fsdecode keeps undecodable bytes as lone surrogates, which cannot be encoded back.
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _patient_rows(patient_dir: Path) -> tuple[list[dict], list[Problem]]:
-    files = sorted(_walk_files(patient_dir, max_depth=3), key=lambda p: natural_key(str(p)))
+    skipped: list[Problem] = []
+    files = sorted(
+        _walk_files(patient_dir, max_depth=3, skipped=skipped), key=lambda p: natural_key(str(p))
+    )
     files = [f for f in files if not f.name.startswith(".")]
     niftis = [f for f in files if io.suffix_of(f) in io.NIFTI_SUFFIXES]
     if niftis:
-        return _nifti_rows(patient_dir, niftis)
+        rows, problems = _nifti_rows(patient_dir, niftis)
+        return rows, skipped + problems
     dicoms = [
         f
         for f in files
         if io.suffix_of(f) in io.DICOM_SUFFIXES or (not f.suffix and io.is_dicom_file(f))
     ]
     if dicoms:
-        return _dicom_rows(dicoms)
-    return _raster_rows(files)
+        rows, problems = _dicom_rows(dicoms)
+    else:
+        rows, problems = _raster_rows(files)
+    return rows, skipped + problems
 
 
 def _is_mask_file(path: Path) -> bool:
@@ -264,7 +339,9 @@ def read_figshare_mat(root: Path) -> Catalog:
 
     rows, problems = [], []
     mat_files = [
-        p for p in _walk_files(root, max_depth=3, suffix=".mat") if p.name.lower() != "cvind.mat"
+        p
+        for p in _walk_files(root, max_depth=3, suffix=".mat", skipped=problems)
+        if p.name.lower() != "cvind.mat"
     ]
     for path in sorted(mat_files, key=lambda p: natural_key(p.name)):
         try:
@@ -276,6 +353,13 @@ def read_figshare_mat(root: Path) -> Catalog:
             problems.append(Problem(str(path), str(error)))
         except OSError as error:
             problems.append(Problem(str(path), f"not a MATLAB v7.3 (HDF5) file ({error})"))
+        except Exception as error:  # h5py raises TypeError/KeyError/ValueError on odd layouts
+            problems.append(
+                Problem(
+                    str(path),
+                    f"not the Figshare 'cjdata' layout ({type(error).__name__}: {error})",
+                )
+            )
     table = make_table(rows)
     folds = _read_cvind(root, problems)
     if folds is not None and len(table):
@@ -306,6 +390,8 @@ def _figshare_header(handle, path: Path) -> dict:
     for key in ("image", "label", "PID"):
         if key not in group:
             raise io.SliceReadError(f"'cjdata/{key}' missing")
+        if not isinstance(group[key], h5py.Dataset):
+            raise io.SliceReadError(f"'cjdata/{key}' is a group, not an array")
     label_array = np.asarray(group["label"][()]).ravel()
     if label_array.size != 1 or label_array.dtype.kind not in "biuf":
         raise io.SliceReadError(
@@ -383,7 +469,7 @@ def read_lgg_kaggle(root: Path) -> Catalog:
     )
     if csv_path is None:
         raise DataError(f"data.csv (per-patient type and grade) not found in {root}")
-    labels = pd.read_csv(csv_path).set_index("Patient")
+    labels = _read_lgg_labels(csv_path)
     rows, problems = [], []
     for case in cases:
         patient = "_".join(case.name.split("_")[:3])
@@ -392,14 +478,37 @@ def read_lgg_kaggle(root: Path) -> Catalog:
                 Problem(str(case), f"patient {patient} not in data.csv; no label, skipped")
             )
             continue
-        type_code = labels.at[patient, "histological_type"]
-        grade_code = labels.at[patient, "neoplasm_histologic_grade"]
-        if pd.isna(type_code) or int(type_code) not in LGG_TYPES:
+        entries = labels.loc[[patient]].drop_duplicates()
+        if len(entries) > 1:
             problems.append(
-                Problem(str(case), f"unknown histological_type {type_code!r} in data.csv; skipped")
+                Problem(
+                    str(case),
+                    f"patient {patient} has {len(entries)} different rows in data.csv; "
+                    "which label is right is unknown, skipped",
+                )
             )
             continue
-        grade = LGG_GRADES.get(int(grade_code)) if not pd.isna(grade_code) else None
+        type_code = _lgg_code(entries["histological_type"].iloc[0])
+        grade_code = _lgg_code(entries["neoplasm_histologic_grade"].iloc[0])
+        if type_code not in LGG_TYPES:
+            problems.append(
+                Problem(
+                    str(case),
+                    f"unknown histological_type {entries['histological_type'].iloc[0]!r} in "
+                    "data.csv; skipped",
+                )
+            )
+            continue
+        raw_grade = entries["neoplasm_histologic_grade"].iloc[0]
+        if not pd.isna(raw_grade) and grade_code not in LGG_GRADES:
+            problems.append(
+                Problem(
+                    str(case),
+                    f"unknown neoplasm_histologic_grade {raw_grade!r} in data.csv; skipped",
+                )
+            )
+            continue
+        grade = LGG_GRADES.get(grade_code) if grade_code is not None else None
         for image in sorted(case.glob("*.tif"), key=lambda p: natural_key(p.name)):
             if image.stem.endswith("_mask"):
                 continue
@@ -411,7 +520,7 @@ def read_lgg_kaggle(root: Path) -> Catalog:
                     "frame": -1,
                     "mask": str(mask) if mask.is_file() else None,
                     "patient_id": patient,
-                    "tumor_type": LGG_TYPES[int(type_code)],
+                    "tumor_type": LGG_TYPES[type_code],
                     "grade": grade,
                     "source": "lgg_kaggle",
                     "case_id": case.name,
@@ -421,13 +530,40 @@ def read_lgg_kaggle(root: Path) -> Catalog:
     return Catalog(make_table(rows), "lgg_kaggle", root, problems)
 
 
+def _read_lgg_labels(csv_path: Path) -> pd.DataFrame:
+    """data.csv indexed by patient; an unreadable file or missing columns is a clear error."""
+    try:
+        table = pd.read_csv(csv_path)
+    except Exception as error:  # pandas raises parser, encoding and empty-data errors
+        raise DataError(f"cannot read {csv_path}: {error}") from error
+    needed = ["Patient", "histological_type", "neoplasm_histologic_grade"]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise DataError(f"{csv_path} lacks column(s) {missing} (the kaggle_3m data.csv has them)")
+    table = table[needed].copy()
+    table["Patient"] = table["Patient"].astype(str).str.strip()
+    return table.set_index("Patient")
+
+
+def _lgg_code(value) -> int | None:
+    """An integer code from data.csv (1, 1.0, '1'), or None when empty or not a whole number;
+    a code that is not one of the known ones is never guessed."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else None
+
+
 # ----------------------------------------------------------------------------- manifest CSV
 
 
 def read_manifest(path: Path) -> Catalog:
     """A CSV with ``image, mask, patient_id, tumor_type, grade`` (+ extra columns, kept).
     Relative paths are resolved against the CSV's folder. ``data_root`` may be the CSV or a
-    folder holding ``manifest.csv``."""
+    folder holding ``manifest.csv``. A slice (image and frame) listed on several rows is kept
+    once when the rows agree, and dropped altogether when they give it different patients or
+    labels (it would leak between splits or carry two labels); both are reported."""
     csv_path = path / "manifest.csv" if path.is_dir() else path
     try:
         table = pd.read_csv(
@@ -440,6 +576,7 @@ def read_manifest(path: Path) -> Catalog:
         raise DataError(f"manifest {csv_path} lacks required column(s) {missing}")
     base = csv_path.parent
     problems: list[Problem] = []
+    table["_line"] = np.arange(len(table)) + 2  # header is line 1
     keep = np.ones(len(table), dtype=bool)
     for column in ("image", "patient_id", "tumor_type"):
         empty = table[column].isna() | (table[column].astype(str).str.strip() == "")
@@ -458,18 +595,59 @@ def read_manifest(path: Path) -> Catalog:
         problems.append(Problem(table.at[position, "image"], "file not found"))
     table = table[exists].reset_index(drop=True)
     if "mask" in table.columns:
-        lost = table["mask"].notna() & ~table["mask"].map(
-            lambda p: p is not None and Path(p).is_file()
-        )
+        # pandas turns the None of rows without a mask into NaN: test for text, not for None
+        given = table["mask"].map(lambda p: isinstance(p, str))
+        lost = given & ~table["mask"].map(lambda p: isinstance(p, str) and Path(p).is_file())
         for position in np.flatnonzero(lost.to_numpy()):
             problems.append(
                 Problem(table.at[position, "mask"], "mask file not found; slice kept without mask")
             )
         table.loc[lost, "mask"] = None
+    table = _drop_repeated_slices(table, csv_path, problems).drop(columns="_line")
     table["source"] = table["source"] if "source" in table.columns else "manifest"
     table = make_table(table.to_dict("records"))
     table = _order_within_patients(table)
     return Catalog(table, "manifest", csv_path.parent, problems)
+
+
+def _drop_repeated_slices(
+    table: pd.DataFrame, csv_path: Path, problems: list[Problem]
+) -> pd.DataFrame:
+    frame = table["frame"].fillna(-1).astype(int) if "frame" in table.columns else -1
+    slice_key = table["image"].astype(str) + "|" + pd.Series(frame, index=table.index).astype(str)
+    grade = table["grade"] if "grade" in table.columns else pd.Series(None, index=table.index)
+    label_key = (
+        table["patient_id"].astype(str).str.strip()
+        + "|"
+        + table["tumor_type"].astype(str).str.strip()
+        + "|"
+        + grade.map(lambda g: str(normalise_grade(g)))
+    )
+    drop = np.zeros(len(table), dtype=bool)
+    for _, rows in table.groupby(slice_key, sort=False).groups.items():
+        if len(rows) < 2:
+            continue
+        positions = table.index.get_indexer(rows)
+        lines = table["_line"].to_numpy()[positions].tolist()
+        image = table.at[rows[0], "image"]
+        if label_key[rows].nunique() > 1:
+            drop[positions] = True
+            problems.append(
+                Problem(
+                    f"{csv_path}:{lines[0]}",
+                    f"{image} is listed on lines {lines} with different patients or labels; "
+                    "all these rows skipped (leakage / wrong-label risk)",
+                )
+            )
+        else:
+            drop[positions[1:]] = True
+            problems.append(
+                Problem(
+                    f"{csv_path}:{lines[1]}",
+                    f"{image} is listed again (lines {lines}); the repeats are skipped",
+                )
+            )
+    return table[~drop].reset_index(drop=True)
 
 
 def _resolve(base: Path, value) -> Path:
@@ -496,9 +674,13 @@ def _order_within_patients(table: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _walk_files(root: Path, max_depth: int, suffix: str | None = None):
-    """Files under root, at most max_depth folders down; never follows directory symlinks, so
-    a symlink loop cannot trap the walk."""
+def _walk_files(
+    root: Path, max_depth: int, suffix: str | None = None, skipped: list[Problem] | None = None
+):
+    """Regular files under root, at most max_depth folders down; never follows directory
+    symlinks, so a symlink loop cannot trap the walk. Entries that are not regular files
+    (broken or looping links, FIFOs, sockets: opening a FIFO would block) are not yielded;
+    when ``skipped`` is given they are recorded there as problems."""
     root_depth = len(root.parts)
     for folder, dirs, files in os.walk(root, followlinks=False):
         depth = len(Path(folder).parts) - root_depth
@@ -508,5 +690,12 @@ def _walk_files(root: Path, max_depth: int, suffix: str | None = None):
         for name in sorted(files):
             if suffix is None or name.lower().endswith(suffix):
                 path = Path(folder) / name
-                if path.is_file():  # skips dangling links and sockets
+                if path.is_file():
                     yield path
+                elif skipped is not None and not name.startswith("."):
+                    reason = (
+                        "broken or looping symbolic link"
+                        if path.is_symlink() and not path.exists()
+                        else "not a regular file"
+                    )
+                    skipped.append(Problem(str(path), f"{reason}; skipped"))

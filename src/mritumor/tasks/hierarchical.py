@@ -16,10 +16,16 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from mritumor.checkpoints import CheckpointError, load_checkpoint, run_metadata, save_checkpoint
+from mritumor.checkpoints import (
+    CheckpointError,
+    check_resume_checkpoint,
+    load_checkpoint,
+    run_metadata,
+    save_checkpoint,
+)
 from mritumor.commands.common import save_resolved_config
 from mritumor.data.datasets import PatientBagDataset, collate_bags
 from mritumor.data.labels import LabelSpace
@@ -36,7 +42,13 @@ from mritumor.models.hierarchical import (
     hierarchical_probabilities,
 )
 from mritumor.models.simclr import extract_encoder_state
-from mritumor.training import BestStateCheckpoint, build_trainer, default_workers
+from mritumor.resources import check_writable
+from mritumor.training import (
+    BestStateCheckpoint,
+    LastCheckpoint,
+    build_trainer,
+    default_workers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -273,8 +285,9 @@ def predict_bags(model: TwoStepClassifier, loader: DataLoader) -> dict:
 
 
 def train_hierarchical(args: argparse.Namespace) -> dict:
-    outdir = Path(args.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    outdir = check_writable(args.outdir, "--outdir")  # before reading or caching any data
+    if args.ssl_ckpt:  # an unusable encoder checkpoint fails in seconds, not after caching
+        load_checkpoint(args.ssl_ckpt)
     save_resolved_config(args, outdir)
     L.seed_everything(args.seed, workers=True, verbose=False)
     data = prepare_data(
@@ -353,7 +366,7 @@ def run_fold(args, data: PreparedData, split: Split, outdir: Path) -> dict:
     best = BestStateCheckpoint(outdir / "best.pt", payload, monitor=monitor, mode=mode)
     callbacks = [
         best,
-        ModelCheckpoint(dirpath=outdir / "checkpoints", save_last=True, save_top_k=0),
+        LastCheckpoint(outdir / "checkpoints"),
     ]
     if args.patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=args.patience))
@@ -366,11 +379,12 @@ def run_fold(args, data: PreparedData, split: Split, outdir: Path) -> dict:
         num_sanity_val_steps=0,
     )
     resume = outdir / "checkpoints" / "last.ckpt"
+    resume = check_resume_checkpoint(resume) if args.resume and resume.is_file() else None
     trainer.fit(
         task,
         loaders["train"],
         loaders["val"] if has_val else None,
-        ckpt_path=resume if args.resume and resume.is_file() else None,
+        ckpt_path=resume,
         weights_only=True,
     )
     if not trainer.is_global_zero:

@@ -38,11 +38,15 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
-from mritumor.checkpoints import load_checkpoint, run_metadata, save_checkpoint
+from mritumor.checkpoints import (
+    check_resume_checkpoint,
+    load_checkpoint,
+    run_metadata,
+    save_checkpoint,
+)
 from mritumor.commands.common import save_resolved_config
 from mritumor.data.datasets import ContrastivePairDataset, rows_of_patients
 from mritumor.data.prepare import PreparedData, prepare_data
@@ -51,7 +55,8 @@ from mritumor.errors import DataError, MritumorError
 from mritumor.losses import nt_xent_loss
 from mritumor.models.backbones import build_encoder
 from mritumor.models.simclr import SimCLRModel
-from mritumor.training import build_trainer, default_workers
+from mritumor.resources import check_writable
+from mritumor.training import LastCheckpoint, build_trainer, default_workers
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +253,7 @@ def make_loaders(
 def pretrain(args: argparse.Namespace) -> Path:
     """Run ``mritumor pretrain`` (flags: :mod:`mritumor.commands.pretrain`); returns the path of
     ``simclr_pretrain.pt``."""
-    outdir = Path(args.outdir)
+    outdir = check_writable(args.outdir, "--outdir")  # before reading or caching any data
     is_main_process = rank_zero_only.rank == 0
     if args.pretrained:  # fail in seconds when the weights are missing, not after data caching
         build_encoder(args.encoder, 1, args.image_size, pretrained=True)
@@ -287,7 +292,7 @@ def pretrain(args: argparse.Namespace) -> Path:
     best = SaveBestSimCLR(
         outdir / CHECKPOINT_NAME, encoder.config.to_dict(), _static_metadata(args, data, model)
     )
-    last = ModelCheckpoint(dirpath=outdir / "checkpoints", save_last=True, save_top_k=0)
+    last = LastCheckpoint(outdir / "checkpoints")
     trainer = build_trainer(
         args,
         outdir,
@@ -318,7 +323,7 @@ def _resume_checkpoint(outdir: Path) -> Path:
         raise MritumorError(
             f"--resume: {path} does not exist; no finished epoch of an earlier run in {outdir}"
         )
-    return path
+    return check_resume_checkpoint(path)  # unsafe or damaged: a clear error, not a traceback
 
 
 def _static_metadata(args: argparse.Namespace, data: PreparedData, model: SimCLRModel) -> dict:
