@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 from scipy.stats import rankdata
 from sklearn.metrics import (
     accuracy_score,
@@ -215,6 +216,22 @@ def bootstrap_intervals(
     return intervals
 
 
+def by_group(
+    metric_fn: Callable[[np.ndarray], dict], groups: Sequence
+) -> tuple[Callable[[np.ndarray], dict], int]:
+    """A cluster bootstrap: ``metric_fn`` over rows becomes a function over *groups* (patients),
+    each drawn group bringing all its rows. For slice-level metrics whose interval must be
+    about patients. Returns ``(group_fn, n_groups)`` for :func:`bootstrap_intervals`."""
+    codes, uniques = pd.factorize(np.asarray(groups, dtype=object))
+    order = np.argsort(codes, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(codes, minlength=len(uniques)))[:-1])
+
+    def group_fn(group_indices: np.ndarray) -> dict:
+        return metric_fn(np.concatenate([members[g] for g in group_indices]))
+
+    return group_fn, len(uniques)
+
+
 def _interval_metrics(metrics: dict) -> dict:
     """The flat subset of ``classification_metrics`` that gets a confidence interval."""
     flat = {name: metrics[name] for name in CI_HEADLINE_METRICS}
@@ -300,8 +317,12 @@ def classification_report_with_ci(
     class_names: Sequence[str],
     n_boot: int = 1000,
     seed: int = 0,
+    groups: Sequence | None = None,
 ) -> dict:
     """``classification_metrics`` plus 95 % percentile-bootstrap intervals over patients (rows).
+
+    With ``groups`` (one patient id per row, e.g. for slice-level predictions) the bootstrap
+    resamples groups, each with all its rows: the interval is still about patients.
 
     Returns ``{'metrics': classification_metrics(...), 'intervals': {name: {'value', 'low',
     'high', 'n_boot_valid'}}}`` for the names ``accuracy``, ``macro_f1``, ``balanced_accuracy``,
@@ -318,7 +339,11 @@ def classification_report_with_ci(
     def metric_fn(indices: np.ndarray) -> dict:
         return _fast_interval_metrics(y[indices], probs[indices], class_names)
 
-    intervals = bootstrap_intervals(metric_fn, len(y), n_boot=n_boot, seed=seed, alpha=0.05)
+    n_items = len(y)
+    if groups is not None:
+        known = np.asarray(y_true).reshape(-1) != UNKNOWN_LABEL
+        metric_fn, n_items = by_group(metric_fn, np.asarray(groups, dtype=object)[known])
+    intervals = bootstrap_intervals(metric_fn, n_items, n_boot=n_boot, seed=seed, alpha=0.05)
     # Report the sklearn point estimates, so that 'intervals' and 'metrics' agree to the last
     # digit (the fast path matches them only to floating-point rounding).
     for name, value in _interval_metrics(metrics).items():

@@ -1,0 +1,145 @@
+"""``mritumor train-multitask`` (seed 004: segmentation + classification, variants A–G)."""
+
+from __future__ import annotations
+
+import argparse
+
+from mritumor.commands.common import (
+    add_command,
+    add_config_flag,
+    add_data_flags,
+    add_split_flags,
+    flag,
+)
+
+DESCRIPTION = """\
+Slices → tumour mask and tumour type with one network (FCN-ResNet50 by default), in seven
+variants: A segmentation only, B classification only, C frozen segmentation features + classifier,
+D naive joint training, E class logits projected and added into the segmentation features,
+F segmentation embedding used for classification, G penultimate classification embedding fused
+into segmentation. --variant all trains the seven (OUTDIR/A … OUTDIR/G) and writes
+comparison.md/.csv, the seed's table with 95 %% intervals over patients.
+Each variant folder: best.pt, test_metrics.json, test_report.json, predictions.csv (per slice),
+overlays.png, and for classifiers ROC/PR/confusion/reliability PNGs."""
+
+
+def register(subcommands) -> None:
+    parser = add_command(
+        subcommands,
+        "train-multitask",
+        "train segmentation + classification variants A–G",
+        DESCRIPTION,
+    )
+    add_data_flags(parser)
+    flag(
+        parser, "--outdir", required=True, help="run folder (one sub-folder per variant for 'all')"
+    )
+    add_config_flag(parser)
+    flag(
+        parser,
+        "--variant",
+        choices=("A", "B", "C", "D", "E", "F", "G", "all"),
+        default="all",
+        help="which variant to train; 'all' trains the seven and writes the comparison table",
+    )
+    flag(
+        parser,
+        "--backbone",
+        choices=("fcn_resnet50", "resnet18", "mobilenet_v2", "small_cnn", "resnet50"),
+        default="fcn_resnet50",
+        help="fcn_resnet50: torchvision's FCN-ResNet50 (the seed's); the others are lighter "
+        "encoders with an FCN head and an FCN-8s skip (resnet18 or small_cnn train on 2 CPU cores)",
+    )
+    flag(parser, "--image_size", type=int, default=256, help="slices are resized to this size")
+    flag(parser, "--channels", type=int, default=None, help="input channels (default: from data)")
+    flag(parser, "--epochs", type=int, default=30, help="maximum training epochs per variant")
+    flag(parser, "--batch_size", type=int, default=16, help="slices per batch")
+    flag(parser, "--lr", type=float, default=1e-3, help="AdamW learning rate (cosine schedule)")
+    flag(parser, "--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
+    flag(
+        parser, "--seg_weight", type=float, default=1.0, help="weight of the mask loss (Dice + BCE)"
+    )
+    flag(parser, "--cls_weight", type=float, default=1.0, help="weight of the class cross-entropy")
+    flag(parser, "--hidden_dim", type=int, default=256, help="classification embedding size")
+    flag(parser, "--dropout", type=float, default=0.2, help="dropout before the classifier")
+    flag(
+        parser,
+        "--augment",
+        choices=("standard", "light", "none"),
+        default="light",
+        help="training augmentation (image and mask together); light keeps ≥ 90 %% of the slice",
+    )
+    flag(
+        parser,
+        "--balance",
+        choices=("none", "weights"),
+        default="weights",
+        help="inverse-frequency class weights in the class loss",
+    )
+    flag(
+        parser,
+        "--monitor",
+        choices=("val_loss", "val_dice", "val_accuracy"),
+        default="val_loss",
+        help="validation metric for the best epoch and early stopping (variants without that "
+        "output use val_loss)",
+    )
+    flag(parser, "--patience", type=int, default=8, help="early-stopping patience (0: off)")
+    flag(
+        parser,
+        "--pretrained",
+        action="store_true",
+        help="ImageNet weights for the encoder from the local torch cache (never downloaded)",
+    )
+    flag(
+        parser,
+        "--ssl_ckpt",
+        default=None,
+        help="simclr_pretrain.pt of `mritumor pretrain` with the same encoder (resnet50 for "
+        "fcn_resnet50): only encoder.* is loaded",
+    )
+    flag(
+        parser,
+        "--seg_ckpt",
+        default=None,
+        help="variant C only: best.pt of a variant-A run to freeze (otherwise C trains A first)",
+    )
+    flag(parser, "--n_boot", type=int, default=1000, help="bootstrap resamples (95 %% intervals)")
+    flag(parser, "--n_overlays", type=int, default=8, help="test slices drawn in overlays.png")
+    flag(
+        parser,
+        "--no_calibration",
+        action="store_true",
+        help="do not fit temperature scaling on validation",
+    )
+    flag(
+        parser,
+        "--channels_last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="channels-last memory format (faster convolutions on CPU)",
+    )
+    flag(parser, "--cache_dir", default=None, help="keep the preprocessed cache on disk here")
+    add_split_flags(parser)
+    from mritumor.training import add_trainer_flags
+
+    add_trainer_flags(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> None:
+    from mritumor.tasks.multitask import train_multitask
+
+    result = train_multitask(args)
+    print(f"results in {args.outdir}")
+    results = result if args.variant == "all" else {args.variant: result}
+    for variant, report in results.items():
+        metrics = report.get("metrics", {})
+        parts = [
+            f"{name} {m['value']:.3f} ({m['low']:.3f}–{m['high']:.3f})"
+            for name, m in ((k, metrics.get(k)) for k in ("dice", "tumor_type_accuracy"))
+            if isinstance(m, dict) and m.get("value") is not None and m.get("low") is not None
+        ]
+        print(f"  {variant}: " + ", ".join(parts))
+    if args.variant == "all":
+        print(f"comparison table: {args.outdir}/comparison.md")

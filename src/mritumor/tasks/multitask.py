@@ -1,0 +1,439 @@
+"""Training the multi-task variants A–G: ``mritumor train-multitask`` (seed 004).
+
+Per variant: slices (+ masks) of the training patients → Lightning fit with early stopping →
+best epoch's weights → temperature fitted on validation (variants with a classifier) → test
+evaluation (:mod:`mritumor.evaluation.multitask`). ``--variant all`` prepares the data once,
+trains the seven in ``OUTDIR/<variant>/`` (C re-uses A's segmentation network) and writes the
+seed's comparison table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from lightning.pytorch.callbacks import EarlyStopping
+from torch.utils.data import DataLoader
+
+from mritumor.checkpoints import (
+    CheckpointError,
+    check_resume_checkpoint,
+    load_checkpoint,
+    run_metadata,
+    save_checkpoint,
+)
+from mritumor.commands.common import save_resolved_config
+from mritumor.data.datasets import SliceDataset, identity, rows_of_patients
+from mritumor.data.labels import LabelSpace
+from mritumor.data.prepare import PreparedData, prepare_data
+from mritumor.data.splits import Split
+from mritumor.errors import DataError, MritumorError
+from mritumor.evaluation.calibration import fit_temperature
+from mritumor.evaluation.multitask import evaluate_multitask, write_comparison
+from mritumor.models.backbones import input_statistics
+from mritumor.models.multitask import (
+    VARIANTS,
+    MultiTaskNet,
+    build_multitask_model,
+    freeze_for_stage_two,
+    keep_frozen_in_eval,
+)
+from mritumor.resources import check_writable
+from mritumor.tasks.hierarchical import load_ssl_encoder, training_transform
+from mritumor.training import BestStateCheckpoint, LastCheckpoint, build_trainer, default_workers
+
+log = logging.getLogger(__name__)
+
+STAGES = ("joint", "segmentation", "classification")
+
+
+def segmentation_loss(mask_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Soft Dice over the whole batch + binary cross-entropy (MONAI ``DiceCELoss``). Batch Dice:
+    a slice without tumour has no Dice of its own, so per-slice Dice would be unstable there."""
+    from monai.losses import DiceCELoss
+
+    return DiceCELoss(sigmoid=True, batch=True)(mask_logits, masks.float())
+
+
+class MultiTaskTask(L.LightningModule):
+    """``stage``: joint (every head the variant has), segmentation (C's first stage: mask loss
+    only) or classification (C's second stage: class loss only, encoder and mask head frozen)."""
+
+    def __init__(
+        self,
+        model: MultiTaskNet,
+        lr: float,
+        weight_decay: float,
+        epochs: int,
+        seg_weight: float = 1.0,
+        cls_weight: float = 1.0,
+        class_weights: torch.Tensor | None = None,
+        stage: str = "joint",
+    ):
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}")
+        self.model, self.lr, self.weight_decay, self.epochs = model, lr, weight_decay, epochs
+        self.stage = stage
+        self.seg_weight = seg_weight if model.segments and stage != "classification" else 0.0
+        self.cls_weight = cls_weight if model.classifies and stage != "segmentation" else 0.0
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        self._val: list[torch.Tensor] = []
+        if stage == "classification":
+            freeze_for_stage_two(model)
+
+    def on_train_epoch_start(self) -> None:
+        if self.stage == "classification":
+            keep_frozen_in_eval(self.model)
+
+    def losses(self, batch: dict) -> tuple[dict, dict]:
+        outputs = self.model(batch["image"])
+        parts: dict[str, torch.Tensor] = {}
+        if self.seg_weight:
+            with_mask = batch["has_mask"]
+            if with_mask.any():
+                parts["seg"] = segmentation_loss(
+                    outputs["mask_logits"][with_mask].float(), batch["mask"][with_mask]
+                )
+        if self.cls_weight and (batch["tumor_type"] >= 0).any():
+            parts["cls"] = nnf.cross_entropy(
+                outputs["class_logits"].float(),
+                batch["tumor_type"],
+                weight=self.class_weights,
+                ignore_index=-1,
+            )
+        zero = (
+            outputs[next(iter(outputs))].sum() * 0.0
+        )  # keeps the graph when a batch has no target
+        total = self.seg_weight * parts.get("seg", zero) + self.cls_weight * parts.get("cls", zero)
+        return outputs, {"loss": total, **parts}
+
+    def training_step(self, batch, batch_index):
+        _, losses = self.losses(batch)
+        self.log(
+            "train_loss", losses["loss"], on_step=False, on_epoch=True, prog_bar=True,
+            batch_size=batch["image"].shape[0],
+        )  # fmt: skip
+        return losses["loss"]
+
+    def validation_step(self, batch, batch_index):
+        outputs, losses = self.losses(batch)
+        size = batch["image"].shape[0]
+        self.log("val_loss", losses["loss"], prog_bar=True, batch_size=size, sync_dist=True)
+        if "mask_logits" in outputs and self.seg_weight:
+            predicted = outputs["mask_logits"] > 0
+            target = batch["mask"].bool()
+            overlap = (predicted & target).flatten(1).sum(1).float()
+            sizes = (predicted.flatten(1).sum(1) + target.flatten(1).sum(1)).float()
+            dice = torch.where(sizes > 0, 2 * overlap / sizes.clamp(min=1), torch.ones_like(sizes))
+            self.log("val_dice", dice.mean(), prog_bar=True, batch_size=size, sync_dist=True)
+        if "class_logits" in outputs and self.cls_weight:
+            correct = (outputs["class_logits"].argmax(-1) == batch["tumor_type"]).float()
+            self.log("val_accuracy", correct.mean(), prog_bar=True, batch_size=size, sync_dist=True)
+
+    def configure_optimizers(self):
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=self.weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def slice_loaders(args, data: PreparedData, split: Split, labels: LabelSpace) -> dict:
+    workers = default_workers(args.num_workers)
+    loaders = {}
+    for part in ("train", "val", "test"):
+        rows = rows_of_patients(data.cache, split.part(part))
+        transform = (
+            training_transform(args.augment, args.image_size) if part == "train" else identity
+        )
+        dataset = SliceDataset(data.cache, rows, labels, transform)
+        loaders[part] = DataLoader(
+            dataset,
+            batch_size=args.batch_size,
+            shuffle=part == "train",
+            num_workers=workers,
+            drop_last=part == "train" and len(dataset) > args.batch_size,
+            persistent_workers=workers > 0 and part == "train",
+        )
+    return loaders
+
+
+def class_weights(dataset: SliceDataset, n_classes: int) -> torch.Tensor:
+    """Inverse slice frequency of each type in the training rows, normalised to mean 1."""
+    types = dataset.types[torch.as_tensor(dataset.rows)].numpy()
+    counts = np.bincount(types[types >= 0], minlength=n_classes).astype(float)
+    weights = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def build_model(args, variant: str, labels: LabelSpace, channels: int) -> MultiTaskNet:
+    model = build_multitask_model(
+        variant,
+        len(labels.types),
+        args.backbone,
+        channels,
+        args.image_size,
+        pretrained=args.pretrained,
+        hidden_dim=args.hidden_dim,
+        dropout=args.dropout,
+    )
+    if args.ssl_ckpt:
+        load_ssl_encoder(model.encoder, args.ssl_ckpt)
+    return model
+
+
+def load_stage_one(model: MultiTaskNet, checkpoint_path: Path) -> None:
+    """Variant C: encoder and segmentation head from a variant-A checkpoint of the same setup."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    config = checkpoint.get("model_config", {})
+    if checkpoint.get("task") != "multitask" or config.get("variant") != "A":
+        raise CheckpointError(
+            f"{checkpoint_path} is not a variant-A checkpoint of `mritumor train-multitask`"
+        )
+    if config.get("backbone") != model.backbone_name:
+        raise CheckpointError(
+            f"{checkpoint_path} holds a {config.get('backbone')} network; this run uses "
+            f"{model.backbone_name} (use the same --backbone)"
+        )
+    result = model.load_state_dict(checkpoint["model_state"], strict=False)
+    not_classifier = [k for k in result.missing_keys if not k.startswith("cls_")]
+    if not_classifier or result.unexpected_keys:
+        raise CheckpointError(
+            f"{checkpoint_path} does not fit this network (missing {not_classifier[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]})"
+        )
+    log.info("variant C: encoder and segmentation head from %s", checkpoint_path)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def train_multitask(args: argparse.Namespace) -> dict:
+    outdir = check_writable(args.outdir, "--outdir")  # before reading or caching any data
+    for given in (args.ssl_ckpt, args.seg_ckpt):  # unusable checkpoints fail in seconds
+        if given:
+            load_checkpoint(given)
+    save_resolved_config(args, outdir)
+    L.seed_everything(args.seed, workers=True, verbose=False)
+    data = prepare_data(
+        args.data_root,
+        format=args.format,
+        strict=args.strict,
+        image_size=args.image_size,
+        channels=args.channels,
+        cache_dir=args.cache_dir,
+        split_file=args.split_file,
+        val_frac=args.val_frac,
+        test_frac=args.test_frac,
+        seed=args.seed,
+        group_by=args.group_by,
+        outdir=outdir,
+        progress=not args.quiet,
+    )
+    has_masks = data.catalog.table["mask"].notna().any()
+    if not has_masks:
+        raise DataError(
+            f"{args.data_root} has no tumour masks: train-multitask needs masks for segmentation "
+            "(use train-hierarchical for classification only)"
+        )
+    labels = LabelSpace.from_table(data.catalog.subset(data.split.train).table)
+    if len(labels.types) < 2:
+        raise DataError(f"the training patients have one tumour type only ({labels.types})")
+    if args.variant != "all":
+        return run_variant(args, data, labels, args.variant, outdir, args.seg_ckpt)
+    reports = {}
+    for variant in VARIANTS:
+        stage_one = outdir / "A" / "best.pt" if variant == "C" else None
+        log.info("variant %s", variant)
+        reports[variant] = run_variant(args, data, labels, variant, outdir / variant, stage_one)
+    write_comparison(reports, outdir)
+    return reports
+
+
+def run_variant(
+    args, data: PreparedData, labels: LabelSpace, variant: str, outdir: Path, stage_one=None
+) -> dict:
+    outdir.mkdir(parents=True, exist_ok=True)
+    if variant == "C" and not stage_one:
+        log.info("variant C: stage 1 trains the segmentation network (variant A) first")
+        run_variant(args, data, labels, "A", outdir / "stage1_A")
+        stage_one = outdir / "stage1_A" / "best.pt"
+    L.seed_everything(args.seed, workers=True, verbose=False)
+    loaders = slice_loaders(args, data, data.split, labels)
+    model = build_model(args, variant, labels, data.cache.prep.channels)
+    if variant == "C":
+        load_stage_one(model, Path(stage_one))
+    if args.channels_last:
+        model = model.to_channels_last()
+    weights = (
+        class_weights(loaders["train"].dataset, len(labels.types))
+        if args.balance == "weights"
+        else None
+    )
+    stage = "classification" if variant == "C" else "joint"
+    task = MultiTaskTask(
+        model, args.lr, args.weight_decay, args.epochs, args.seg_weight, args.cls_weight,
+        weights, stage,
+    )  # fmt: skip
+
+    def payload(module: MultiTaskTask) -> dict:
+        return checkpoint_payload(module.model, variant, labels, data, args)
+
+    has_val = len(data.split.val) > 0
+    monitor = args.monitor if has_val else "train_loss"
+    # a variant without the monitored output (or C, whose masks are frozen) watches its loss
+    if (monitor == "val_dice" and (not model.segments or variant == "C")) or (
+        monitor == "val_accuracy" and not model.classifies
+    ):
+        monitor = "val_loss"
+    mode = "min" if monitor.endswith("loss") else "max"
+    callbacks = [
+        BestStateCheckpoint(outdir / "best.pt", payload, monitor=monitor, mode=mode),
+        LastCheckpoint(outdir / "checkpoints"),
+    ]
+    if args.patience > 0:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=args.patience))
+    trainer = build_trainer(
+        args, outdir, args.epochs, callbacks,
+        limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0,
+    )  # fmt: skip
+    resume = outdir / "checkpoints" / "last.ckpt"
+    resume = check_resume_checkpoint(resume) if args.resume and resume.is_file() else None
+    trainer.fit(
+        task,
+        loaders["train"],
+        loaders["val"] if has_val else None,
+        ckpt_path=resume,
+        weights_only=True,
+    )
+    if not trainer.is_global_zero:
+        return {}
+    return finish_variant(args, outdir, labels, loaders, data)
+
+
+def finish_variant(args, outdir: Path, labels: LabelSpace, loaders: dict, data) -> dict:
+    checkpoint = load_checkpoint(outdir / "best.pt")
+    model = model_from_checkpoint(checkpoint)
+    temperature = 1.0
+    if model.classifies and not args.no_calibration and len(loaders["val"].dataset):
+        val = predict_slices(model, loaders["val"])
+        temperature = fit_temperature(val["class_logits"], torch.as_tensor(val["type_true"]))
+        checkpoint["temperature"] = float(temperature)
+        save_checkpoint({k: v for k, v in checkpoint.items() if k != "format"}, outdir / "best.pt")
+    test = predict_slices(model, loaders["test"])
+    return evaluate_multitask(
+        test,
+        labels,
+        outdir,
+        cache=data.cache,
+        variant=checkpoint["model_config"]["variant"],
+        temperature=temperature,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        n_overlays=args.n_overlays,
+    )
+
+
+@torch.no_grad()
+def predict_slices(model: MultiTaskNet, loader: DataLoader) -> dict:
+    """Raw outputs for every slice of a loader, in dataset order: class logits (N, K) and
+    predicted masks (N, S, S) bool, with true labels and masks."""
+    model.eval()
+    device = next(model.parameters()).device
+    logits, masks, true_masks, has_mask, rows, types = [], [], [], [], [], []
+    for batch in loader:
+        outputs = model(batch["image"].to(device))
+        if "class_logits" in outputs:
+            logits.append(outputs["class_logits"].float().cpu())
+        if "mask_logits" in outputs:
+            masks.append((outputs["mask_logits"][:, 0] > 0).cpu().numpy())
+        true_masks.append(batch["mask"][:, 0].numpy().astype(bool))
+        has_mask.append(batch["has_mask"].numpy())
+        rows.append(batch["row"].numpy())
+        types.append(batch["tumor_type"].numpy())
+    empty = np.zeros(0)
+    return {
+        "rows": np.concatenate(rows) if rows else empty.astype(int),
+        "type_true": np.concatenate(types) if types else empty.astype(int),
+        "class_logits": torch.cat(logits) if logits else None,
+        "pred_masks": np.concatenate(masks) if masks else None,
+        "true_masks": np.concatenate(true_masks) if true_masks else None,
+        "has_mask": np.concatenate(has_mask) if has_mask else empty.astype(bool),
+    }
+
+
+def checkpoint_payload(model: MultiTaskNet, variant: str, labels: LabelSpace, data, args) -> dict:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    split = data.split
+    return {
+        "task": "multitask",
+        "model_state": state,
+        "encoder_config": model.encoder.config.to_dict(),
+        "model_config": {
+            "variant": variant,
+            "backbone": args.backbone,
+            "n_classes": len(labels.types),
+            "image_size": data.cache.prep.image_size,
+            "in_channels": data.cache.prep.channels,
+            "hidden_dim": args.hidden_dim,
+            "dropout": args.dropout,
+        },
+        "labels": labels.to_dict(),
+        "preprocessing": {
+            "image_size": data.cache.prep.image_size,
+            "channels": data.cache.prep.channels,
+            "clip_low": data.cache.prep.clip_low,
+            "clip_high": data.cache.prep.clip_high,
+        },
+        "temperature": 1.0,
+        "split": {"train": split.train, "val": split.val, "test": split.test},
+        "config": {
+            k: v
+            for k, v in vars(args).items()
+            if not k.startswith("_")
+            and k != "handler"
+            and isinstance(v, (str, int, float, bool, type(None)))
+        },
+        "metadata": run_metadata(),
+    }
+
+
+def model_from_checkpoint(checkpoint: dict) -> MultiTaskNet:
+    """The network a ``train-multitask`` checkpoint holds, in eval mode."""
+    if checkpoint.get("task") != "multitask":
+        raise CheckpointError(
+            f"not a multi-task checkpoint (task {checkpoint.get('task')!r}); it was made by another command"
+        )
+    config = checkpoint["model_config"]
+    model = build_multitask_model(
+        config["variant"],
+        config["n_classes"],
+        config["backbone"],
+        config["in_channels"],
+        config["image_size"],
+        pretrained=False,
+        hidden_dim=config["hidden_dim"],
+        dropout=config["dropout"],
+    )
+    normalisation = checkpoint["encoder_config"].get("input_normalisation", "none")
+    if normalisation != "none":  # ImageNet-initialised networks expect standardised inputs
+        from dataclasses import replace
+
+        mean, std = input_statistics(normalisation, config["in_channels"])
+        model.encoder.input_mean, model.encoder.input_std = mean, std
+        model.encoder.config = replace(model.encoder.config, input_normalisation=normalisation)
+    try:
+        model.load_state_dict(checkpoint["model_state"])
+    except RuntimeError as error:
+        raise MritumorError(
+            f"the checkpoint's weights do not fit its own config: {error}"
+        ) from error
+    return model.eval()
