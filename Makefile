@@ -23,7 +23,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# The report's render test needs headless Chromium: the Debian package is installed when it is
+# missing (as root, or with password-less sudo); if that cannot be done the one test skips.
 test: lint
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package) for the report's render test"; \
+	  { { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+	    { sudo -n apt-get update -qq && \
+	      sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }; \
+	  } >/dev/null 2>&1 || echo "chromium not installed: the report render test will skip"; }
 	$(BIN)/python -m pytest
 
 clean:

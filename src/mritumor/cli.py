@@ -11,10 +11,35 @@ import logging
 import sys
 
 from mritumor import __version__
-from mritumor.commands import common, data, demo, hierarchical, pretrain
+from mritumor.commands import (
+    common,
+    compare,
+    data,
+    demo,
+    evaluate,
+    explain,
+    export,
+    hierarchical,
+    multitask,
+    predict,
+    pretrain,
+    report,
+)
 from mritumor.errors import MritumorError
 
-COMMAND_MODULES = [data, demo, pretrain, hierarchical]
+COMMAND_MODULES = [
+    data,
+    demo,
+    pretrain,
+    hierarchical,
+    multitask,
+    evaluate,
+    predict,
+    export,
+    explain,
+    compare,
+    report,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

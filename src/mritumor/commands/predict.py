@@ -1,0 +1,90 @@
+"""``mritumor predict``: a trained checkpoint applied to new, unlabelled images."""
+
+from __future__ import annotations
+
+import argparse
+
+from mritumor.commands.common import add_command, flag
+
+DESCRIPTION = """\
+--input is one image file (PNG/JPG/TIFF/BMP/NPY or DICOM), a NIfTI volume (.nii, .nii.gz: one
+patient, one slice per axial plane), a patient folder (2-D slices, a DICOM series or a NIfTI
+volume; mask files beside the slices are ignored) or a folder of patient folders (every folder
+that directly holds image files is a patient, named by its path below --input). No class
+folders or labels are needed. Slices get the training cache's exact preprocessing; hierarchical
+models see the checkpoint's evaluation bag (evenly spaced slices; --all_slices: every slice).
+
+Output: one patient → JSON on stdout; several → predictions.csv in the current folder.
+--output FILE chooses: .json writes the JSON document there, .csv writes one row per patient
+to FILE and one row per slice to FILE_slices.csv. The JSON document is
+  {"model": {checkpoint, task, variant, types, grades, temperature, calibrated, ...},
+   "patients": [{patient_id, input, n_slices, n_slices_used, predicted_type,
+                 type_probabilities {type: p}, slices [{name, ...}], ...}],
+   "skipped": [{patient_id, reason}]}
+Hierarchical: predicted_grade, grade_probabilities {grade: P(g) = Σt P(t) P(g|t)}, and each
+slice's attention_weight. Multi-task: each slice's type_probabilities and tumour_area_px (pixels
+of the predicted mask at the image's original size); the patient's type_probabilities are the
+mean of its slices'. Probabilities use the checkpoint's temperature unless --no_calibration.
+
+--save_masks DIR (multi-task checkpoints with a segmentation head): the predicted masks at the
+input's original size, <slice>_mask.png (0/255) per slice, or for a NIfTI input one
+<volume>_mask.nii[.gz] with the input's shape, affine and header (uint8 0/1); several patients
+get one sub-folder each. --explain DIR: pixel occlusion and Grad-CAM overlays of the three most
+important slices and a slice-importance chart per patient (mritumor.explain)."""
+
+
+def register(subcommands) -> None:
+    parser = add_command(
+        subcommands, "predict", "predict new patients with a trained checkpoint", DESCRIPTION
+    )
+    flag(
+        parser,
+        "--checkpoint",
+        required=True,
+        help="best.pt of train-hierarchical or train-multitask",
+    )
+    flag(
+        parser,
+        "--input",
+        required=True,
+        help="image file, NIfTI volume, patient folder, or folder of patients",
+    )
+    flag(
+        parser,
+        "--output",
+        default=None,
+        help="results file, .json or .csv; when not given: JSON on stdout for one patient, "
+        "predictions.csv (+ predictions_slices.csv) in the current folder for several",
+    )
+    flag(parser, "--save_masks", default=None, metavar="DIR", help="write the predicted masks here")
+    flag(parser, "--explain", default=None, metavar="DIR", help="write attribution heat maps here")
+    flag(
+        parser,
+        "--no_calibration",
+        action="store_true",
+        help="raw softmax probabilities (do not apply the checkpoint's temperature)",
+    )
+    flag(
+        parser,
+        "--all_slices",
+        action="store_true",
+        help="hierarchical: every slice of a patient instead of the checkpoint's bag",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from mritumor.predict import predict
+
+    document = predict(
+        args.checkpoint,
+        args.input,
+        output=args.output,
+        save_masks=args.save_masks,
+        explain=args.explain,
+        calibrated=not args.no_calibration,
+        all_slices=args.all_slices,
+        progress=not args.quiet,
+    )
+    if document["output"]:  # otherwise stdout holds the JSON: nothing else may go there
+        print(f"{len(document['patients'])} patient(s) predicted; results in {document['output']}")
