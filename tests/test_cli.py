@@ -124,3 +124,49 @@ def test_console_script_help_lists_defaults():
     )
     assert "--patients_per_class" in result.stdout and "(default: 4)" in result.stdout
     assert "--patients-per-class" in result.stdout
+
+
+def _parse(argv: list[str]):
+    from mritumor.cli import build_parser
+    from mritumor.commands.common import apply_config
+
+    parser = build_parser()
+    return apply_config(parser, parser.parse_args(argv), argv)
+
+
+@pytest.mark.parametrize("command", ["pretrain", "train-hierarchical", "train-multitask"])
+def test_config_file_sits_between_defaults_and_the_command_line(tmp_path: Path, command):
+    config = tmp_path / "run.yaml"
+    config.write_text("epochs: 3\nbatch_size: 5\nseed: 11\n")
+    base = [command, "--data_root", "D", "--outdir", "O"]
+    defaults = _parse(base)
+    args = _parse([*base, "--config", str(config), "--epochs", "7"])
+    assert args.epochs == 7  # the command line wins over the file
+    assert (args.batch_size, args.seed) == (5, 11)  # the file wins over the defaults
+    assert args.lr == defaults.lr and defaults.batch_size != 5 and defaults.seed != 11
+
+
+def test_resolved_config_reproduces_the_run(tmp_path: Path):
+    from mritumor.commands.common import save_resolved_config
+
+    argv = ["train-multitask", "--data_root", "D", "--outdir", "O", "--variant", "E"]
+    args = _parse([*argv, "--epochs", "4", "--seg_weight", "0.5"])
+    saved = save_resolved_config(args, tmp_path)
+    again = _parse([*argv, "--config", str(saved)])
+    keep = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "handler"}
+    assert {k: v for k, v in vars(again).items() if k in keep and k != "config"} == {
+        k: v for k, v in keep.items() if k != "config"
+    }
+
+
+def test_config_errors_are_clean(tmp_path: Path, capsys):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("epoch: 3\n")
+    assert main(["pretrain", "--data_root", "D", "--outdir", "O", "--config", str(typo)]) == 2
+    assert "unknown key(s) ['epoch']" in capsys.readouterr().err
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    assert main(["pretrain", "--data_root", "D", "--outdir", "O", "--config", str(listed)]) == 2
+    assert "mapping" in capsys.readouterr().err
+    assert main(["pretrain", "--data_root", "D", "--outdir", "O", "--config", "/no/such"]) == 2
+    assert "cannot read --config" in capsys.readouterr().err

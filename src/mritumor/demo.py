@@ -1,8 +1,17 @@
-"""``mritumor demo``: the pipeline end to end on generated data (or ``--data_root``).
+"""``mritumor demo``: the whole pipeline end to end on generated data (or ``--data_root``).
 
 The chain runs the same commands a user types, with small sizes so it fits a laptop CPU:
-synthesise → inspect → pretrain (SimCLR) → train-hierarchical with that encoder. Each later
-stage (train-multitask, explain, compare, report) is appended here as it lands.
+
+1. synthesise a cohort (skipped with ``--data_root``), 2. inspect it,
+3. pretrain a slice encoder with SimCLR (labels unused),
+4. train the two-step classifier (patient bags → type → grade) from that encoder,
+5./6. train two multi-task variants (D: naive joint, E: class logits fused into segmentation),
+7. explain the two-step classifier (attention, slice occlusion, occlusion maps, Grad-CAM),
+8. compare the two multi-task variants with paired tests,
+9. write one HTML report of every run.
+
+Every stage re-uses the split of the pretraining run, so all models are tested on the same
+patients and the comparison is paired.
 """
 
 from __future__ import annotations
@@ -12,6 +21,8 @@ import time
 from pathlib import Path
 
 from mritumor.errors import MritumorError
+
+STEPS = 9
 
 
 def run_demo(outdir: Path, data_root: str | None = None, quick: bool = False) -> dict:
@@ -25,86 +36,74 @@ def run_demo(outdir: Path, data_root: str | None = None, quick: bool = False) ->
     epochs = {
         "ssl": "2" if quick else ("10" if real else "15"),
         "sup": "2" if quick else ("15" if real else "20"),
+        "multitask": "2" if quick else ("10" if real else "12"),
     }
+    number = iter(range(1, STEPS + 1))
 
     def step(title: str, argv: list[str]) -> None:
-        print(f"\n=== {title}\n$ mritumor {' '.join(argv)}", flush=True)
+        print(f"\n=== {next(number)}/{STEPS} {title}\n$ mritumor {' '.join(argv)}", flush=True)
         if main(argv) != 0:
             raise MritumorError(f"demo step failed: {title}")
 
-    if not real:
+    if real:
+        next(number)  # no synthesis
+    else:
         data_root = str(outdir / "data")
         step(
-            "1/4 Generate a synthetic cohort",
-            [
-                "data",
-                "synth",
-                "--out",
-                data_root,
-                "--patients_per_class",
-                "16",
-                "--slices_per_patient",
-                "6",
-                "--image_size",
-                "64",
-            ],
+            "Generate a synthetic cohort (slices + tumour masks, three types, two grades)",
+            ["data", "synth", "--out", data_root, "--patients_per_class", "16"]
+            + ["--slices_per_patient", "6", "--image_size", "64"],
         )
-    step("2/4 Inspect the data", ["data", "inspect", "--data_root", data_root])
+    step("Inspect the data", ["data", "inspect", "--data_root", data_root])
     ssl_dir, run_dir = outdir / "simclr_pretrain", outdir / "two_step"
+    split = ["--split_file", str(ssl_dir / "split.json")]
     step(
-        "3/4 Self-supervised pretraining (SimCLR, labels unused)",
-        [
-            "pretrain",
-            "--data_root",
-            data_root,
-            "--outdir",
-            str(ssl_dir),
-            "--encoder",
-            backbone,
-            "--image_size",
-            size,
-            "--epochs",
-            epochs["ssl"],
-            "--batch_size",
-            "32",
-            "--lr",
-            "1e-3",
-        ],
+        "Self-supervised pretraining (SimCLR, labels unused)",
+        ["pretrain", "--data_root", data_root, "--outdir", str(ssl_dir), "--encoder", backbone]
+        + ["--image_size", size, "--epochs", epochs["ssl"], "--batch_size", "32", "--lr", "1e-3"],
     )
     step(
-        "4/4 Two-step classifier: patient bags → type → grade, from the SSL encoder",
-        [
-            "train-hierarchical",
-            "--data_root",
-            data_root,
-            "--outdir",
-            str(run_dir),
-            "--epochs",
-            epochs["sup"],
-            "--batch_size",
-            "2",
-            "--bag_size",
-            "6",
-            "--bag_policy",
-            "uniform",
-            "--backbone",
-            backbone,
-            "--ssl_ckpt",
-            str(ssl_dir / "simclr_pretrain.pt"),
-            "--image_size",
-            size,
-            "--lr",
-            "1e-3",
-            # 16 synthetic patients per class: augmentation would only slow learning down
-            "--augment",
-            "light" if real else "none",
-            "--patience",
-            "0",
-            "--split_file",
-            str(ssl_dir / "split.json"),
-        ],
+        "Two-step classifier: patient bags → type → grade, from the SSL encoder",
+        ["train-hierarchical", "--data_root", data_root, "--outdir", str(run_dir)]
+        + ["--epochs", epochs["sup"], "--batch_size", "2", "--bag_size", "6"]
+        + ["--bag_policy", "uniform", "--backbone", backbone]
+        + ["--ssl_ckpt", str(ssl_dir / "simclr_pretrain.pt"), "--image_size", size]
+        + ["--lr", "1e-3", "--patience", "0", *split]
+        # 16 synthetic patients per class: augmentation would only slow learning down
+        + ["--augment", "light" if real else "none"],
+    )
+    multitask_dir = outdir / "multitask"
+    for variant, what in (("D", "naive joint training"), ("E", "class logits fused into masks")):
+        step(
+            f"Multi-task segmentation + classification, variant {variant} ({what})",
+            ["train-multitask", "--data_root", data_root, "--outdir"]
+            + [str(multitask_dir / variant), "--variant", variant, "--backbone", "small_cnn"]
+            + ["--image_size", size, "--epochs", epochs["multitask"], "--batch_size", "16"]
+            + ["--lr", "2e-3", "--patience", "0", "--n_boot", "500", *split]
+            + ["--augment", "light" if real else "none"],
+        )
+    explain_dir = outdir / "explain"
+    step(
+        "Explain the two-step classifier: which slices, and where inside them",
+        ["explain", "--checkpoint", str(run_dir / "best.pt"), "--data_root", data_root]
+        + ["--outdir", str(explain_dir), "--max_patients", "3", "--top_slices", "2"],
+    )
+    compare_dir = outdir / "compare"
+    step(
+        "Compare the two multi-task variants on the same test patients (paired tests)",
+        ["compare", str(multitask_dir / "D"), str(multitask_dir / "E")]
+        + ["--outdir", str(compare_dir), "--n_boot", "500"],
+    )
+    report = outdir / "report.html"
+    step(
+        "One HTML report of every run",
+        ["report", str(outdir), "--output", str(report), "--title", "mritumor demo"],
     )
     metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    multitask = {
+        variant: json.loads((multitask_dir / variant / "test_metrics.json").read_text())
+        for variant in ("D", "E")
+    }
     summary = {
         "seconds": round(time.perf_counter() - started, 1),
         "data_root": data_root,
@@ -112,10 +111,18 @@ def run_demo(outdir: Path, data_root: str | None = None, quick: bool = False) ->
         "run": str(run_dir),
         "tumor_type_accuracy": metrics["tumor_type_accuracy"],
         "grade_e2e_accuracy": metrics.get("grade_e2e_accuracy"),
+        "multitask": {
+            variant: {
+                "dice": m.get("dice", {}).get("value"),
+                "tumor_type_accuracy": m.get("tumor_type_accuracy", {}).get("value"),
+            }
+            for variant, m in multitask.items()
+        },
+        "report": str(report),
     }
     (outdir / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\nDemo finished in {summary['seconds']} s.")
-    print(
-        f"Results: {run_dir.resolve()} (test_metrics.json, ROC/PR curves, confusion matrices, predictions.csv)"
-    )
+    print(f"Two-step classifier: {run_dir.resolve()}")
+    print(f"Multi-task variants: {multitask_dir.resolve()}; comparison: {compare_dir.resolve()}")
+    print(f"Report: {report.resolve()}  (open it in a browser)")
     return summary
