@@ -234,7 +234,9 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            trainer.save_checkpoint(self.path)  # every rank calls it; rank 0 writes
+            # the full training state (weights_only=False), for --resume; every rank calls it,
+            # rank 0 writes
+            trainer.save_checkpoint(self.path, weights_only=False)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
