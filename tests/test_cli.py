@@ -170,3 +170,21 @@ def test_config_errors_are_clean(tmp_path: Path, capsys):
     assert "mapping" in capsys.readouterr().err
     assert main(["pretrain", "--data_root", "D", "--outdir", "O", "--config", "/no/such"]) == 2
     assert "cannot read --config" in capsys.readouterr().err
+
+
+def test_building_the_command_line_imports_no_torch():
+    """`mritumor --help` and every command's start stay fast: torch, Lightning and MONAI are
+    imported only by the command that needs them."""
+    code = (
+        "import sys, json; from mritumor.cli import build_parser; build_parser(); "
+        "print(json.dumps([m for m in ('torch', 'lightning', 'monai') if m in sys.modules]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == []
+
+
+def test_backbone_choices_are_the_registry():
+    from mritumor.commands.common import BACKBONE_NAMES
+    from mritumor.models.backbones import BACKBONES
+
+    assert sorted(BACKBONE_NAMES) == sorted(BACKBONES)

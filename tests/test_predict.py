@@ -223,8 +223,7 @@ def test_dicom_series_in_slice_position_order(hierarchical_ckpt, cohort, tmp_pat
 
 def test_nothing_heavy_is_imported_on_the_predict_path(hierarchical_ckpt, cohort):
     """One real process: JSON on stdout, and neither Lightning nor MONAI imported by
-    mritumor.predict. (The CLI itself still imports Lightning while building its parser:
-    mritumor.training, imported for add_trainer_flags, imports it at module level.)"""
+    mritumor.predict (building the CLI's parser imports neither: tests/test_cli.py)."""
     patient_dir = next(cohort.glob("meningioma-g1/*"))
     code = (
         "import sys, json; from mritumor.predict import predict; "

@@ -29,46 +29,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mritumor.commands.common import flag
-
 log = logging.getLogger(__name__)
-
-
-def add_trainer_flags(parser: argparse.ArgumentParser) -> None:
-    flag(parser, "--accelerator", default="auto", help="cpu, gpu or auto")
-    flag(
-        parser,
-        "--devices",
-        default="1",
-        help="devices per node (an integer, or 'auto'); >1 runs DDP",
-    )
-    flag(
-        parser,
-        "--num_nodes",
-        type=int,
-        default=1,
-        help="machines for multi-node DDP (torchrun/SLURM)",
-    )
-    flag(parser, "--precision", default="auto", help="auto: bf16-mixed on GPU, 32-true on CPU")
-    flag(
-        parser,
-        "--num_workers",
-        type=int,
-        default=-1,
-        help="data-loader workers (-1: chosen from the machine)",
-    )
-    flag(
-        parser,
-        "--deterministic",
-        action="store_true",
-        help="deterministic algorithms (reproducible on CPU)",
-    )
-    flag(
-        parser,
-        "--resume",
-        action="store_true",
-        help="continue an interrupted run in the same --outdir",
-    )
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

@@ -10,6 +10,10 @@ import yaml
 
 from mritumor.errors import MritumorError
 
+# The backbone registry's names (mritumor.models.backbones.BACKBONES; a test keeps them equal),
+# spelled out so that building the command line imports no torch.
+BACKBONE_NAMES = ("mobilenet_v2", "resnet18", "resnet50", "small_cnn")
+
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every flag's default and keeps descriptions' line breaks."""
@@ -121,3 +125,52 @@ def save_resolved_config(args: argparse.Namespace, outdir: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(json.loads(json.dumps(values, default=str)), sort_keys=True))
     return path
+
+
+def add_trainer_flags(parser: argparse.ArgumentParser) -> None:
+    flag(parser, "--accelerator", default="auto", help="cpu, gpu or auto")
+    flag(
+        parser,
+        "--devices",
+        default="1",
+        help="devices per node (an integer, or 'auto'); >1 runs DDP",
+    )
+    flag(
+        parser,
+        "--num_nodes",
+        type=int,
+        default=1,
+        help="machines for multi-node DDP (torchrun/SLURM)",
+    )
+    flag(parser, "--precision", default="auto", help="auto: bf16-mixed on GPU, 32-true on CPU")
+    flag(
+        parser,
+        "--num_workers",
+        type=int,
+        default=-1,
+        help="data-loader workers (-1: chosen from the machine)",
+    )
+    flag(
+        parser,
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms (reproducible on CPU)",
+    )
+    flag(
+        parser,
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in the same --outdir",
+    )
+
+
+def add_data_on_device_flag(parser: argparse.ArgumentParser) -> None:
+    flag(
+        parser,
+        "--data_on_device",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="auto: keep the training slices on the GPU and augment them there in batches when "
+        "the run uses one GPU and they fit in half its free memory; on: always (also on CPU); "
+        "off: always the DataLoader with CPU workers",
+    )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 
 from mritumor.commands.common import (
+    BACKBONE_NAMES,
     add_command,
     add_config_flag,
     add_data_flags,
     add_split_flags,
+    add_trainer_flags,
     flag,
 )
 
@@ -39,8 +41,9 @@ def register(subcommands) -> None:
     flag(
         parser,
         "--backbone",
+        choices=BACKBONE_NAMES,
         default="mobilenet_v2",
-        help="slice encoder: mobilenet_v2, small_cnn, resnet18, resnet50",
+        help="slice encoder from the backbone registry",
     )
     flag(
         parser,
@@ -137,8 +140,6 @@ def register(subcommands) -> None:
         help="train on this share of the training patients (per type); val/test unchanged",
     )
     add_split_flags(parser)
-    from mritumor.training import add_trainer_flags
-
     add_trainer_flags(parser)
     parser.set_defaults(handler=run)
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 
 from mritumor.commands.common import (
+    BACKBONE_NAMES,
     add_command,
     add_config_flag,
     add_data_flags,
+    add_data_on_device_flag,
     add_split_flags,
+    add_trainer_flags,
     flag,
 )
 
@@ -45,7 +48,7 @@ def register(subcommands) -> None:
     flag(
         parser,
         "--backbone",
-        choices=("fcn_resnet50", "resnet18", "mobilenet_v2", "small_cnn", "resnet50"),
+        choices=("fcn_resnet50", *BACKBONE_NAMES),
         default="fcn_resnet50",
         help="fcn_resnet50: torchvision's FCN-ResNet50 (the seed's); the others are lighter "
         "encoders with an FCN head and an FCN-8s skip (resnet18 or small_cnn train on 2 CPU cores)",
@@ -121,9 +124,8 @@ def register(subcommands) -> None:
     )
     flag(parser, "--cache_dir", default=None, help="keep the preprocessed cache on disk here")
     add_split_flags(parser)
-    from mritumor.training import add_trainer_flags
-
     add_trainer_flags(parser)
+    add_data_on_device_flag(parser)
     parser.set_defaults(handler=run)
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from mritumor.commands.common import (
+    BACKBONE_NAMES,
     add_command,
     add_config_flag,
     add_data_flags,
+    add_data_on_device_flag,
     add_split_flags,
+    add_trainer_flags,
     flag,
 )
 
@@ -32,8 +35,6 @@ OUTDIR/ssl_eval_metrics.json and OUTDIR/ssl_embedding_pca.png (2-D PCA coloured 
 
 
 def register(subcommands) -> None:
-    from mritumor.training import add_trainer_flags
-
     pretrain = add_command(
         subcommands, "pretrain", "SimCLR self-supervised encoder pretraining", PRETRAIN_DESCRIPTION
     )
@@ -82,6 +83,7 @@ def register(subcommands) -> None:
     )
     add_split_flags(pretrain)
     add_trainer_flags(pretrain)
+    add_data_on_device_flag(pretrain)
     add_config_flag(pretrain)
     pretrain.set_defaults(handler=run_pretrain)
 
@@ -124,12 +126,10 @@ def register(subcommands) -> None:
 
 def add_encoder_flags(parser, only_random: bool = False) -> None:
     note = " (with --ckpt random; a checkpoint brings its own)" if only_random else ""
-    from mritumor.models.backbones import BACKBONES
-
     flag(
         parser,
         "--encoder",
-        choices=sorted(BACKBONES),
+        choices=BACKBONE_NAMES,
         default="mobilenet_v2",
         help="slice encoder from the backbone registry" + note,
     )

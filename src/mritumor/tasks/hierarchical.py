@@ -28,10 +28,11 @@ from mritumor.checkpoints import (
 )
 from mritumor.commands.common import save_resolved_config
 from mritumor.data.datasets import PatientBagDataset, collate_bags
+from mritumor.data.fast_path import augment_config
 from mritumor.data.labels import LabelSpace
 from mritumor.data.prepare import PreparedData, prepare_data
 from mritumor.data.splits import Split, make_folds, sample_labelled_patients
-from mritumor.data.transforms import AugmentConfig, build_transform
+from mritumor.data.transforms import build_transform
 from mritumor.evaluation.calibration import fit_temperature
 from mritumor.evaluation.hierarchical import evaluate_hierarchical
 from mritumor.evaluation.metrics import cv_summary
@@ -237,15 +238,9 @@ def bag_loaders(
 
 
 def training_transform(augment: str, image_size: int):
-    """standard: the MRI augmentation; light: crops keep ≥ 90 % of the slice (small tumours at
-    the edge of the brain stay in view); none: no augmentation."""
-    if augment == "none":
-        return build_transform("eval", image_size)
-    if augment == "light":
-        return build_transform(
-            "train", image_size, AugmentConfig(crop_scale=(0.9, 1.0), rotate_degrees=5.0)
-        )
-    return build_transform("train", image_size)
+    """The per-slice CPU transform of an ``--augment`` preset (:func:`augment_config`)."""
+    config = augment_config(augment)
+    return build_transform("eval" if config is None else "train", image_size, config)
 
 
 def class_weights(dataset: PatientBagDataset, n_types: int) -> torch.Tensor:

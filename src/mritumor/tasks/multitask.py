@@ -29,6 +29,8 @@ from mritumor.checkpoints import (
 )
 from mritumor.commands.common import save_resolved_config
 from mritumor.data.datasets import SliceDataset, identity, rows_of_patients
+from mritumor.data.device_data import DeviceSliceLoader
+from mritumor.data.fast_path import batch_augment, training_data_device
 from mritumor.data.labels import LabelSpace
 from mritumor.data.prepare import PreparedData, prepare_data
 from mritumor.data.splits import Split
@@ -147,6 +149,9 @@ class MultiTaskTask(L.LightningModule):
 
 
 def slice_loaders(args, data: PreparedData, split: Split, labels: LabelSpace) -> dict:
+    """DataLoaders of the three parts; the training part is a device-resident
+    :class:`DeviceSliceLoader` when :func:`training_data_device` says so (``--data_on_device``).
+    ``train_dataset`` is the training part as a ``SliceDataset`` (for class weights)."""
     workers = default_workers(args.num_workers)
     loaders = {}
     for part in ("train", "val", "test"):
@@ -162,6 +167,20 @@ def slice_loaders(args, data: PreparedData, split: Split, labels: LabelSpace) ->
             num_workers=workers,
             drop_last=part == "train" and len(dataset) > args.batch_size,
             persistent_workers=workers > 0 and part == "train",
+        )
+    loaders["train_dataset"] = train = loaders["train"].dataset
+    device = training_data_device(args, len(train), data.cache.prep.channels, masks=True)
+    if device is not None:
+        loaders["train"] = DeviceSliceLoader.from_cache(
+            data.cache,
+            train.rows,
+            labels,
+            batch_size=args.batch_size,
+            shuffle=True,
+            drop_last=len(train) > args.batch_size,
+            augment=batch_augment(args.augment, args.image_size),
+            device=device,
+            seed=None,  # the global generators, re-seeded per epoch by EpochSeeding
         )
     return loaders
 
@@ -274,7 +293,7 @@ def run_variant(
     if args.channels_last:
         model = model.to_channels_last()
     weights = (
-        class_weights(loaders["train"].dataset, len(labels.types))
+        class_weights(loaders["train_dataset"], len(labels.types))
         if args.balance == "weights"
         else None
     )

@@ -48,7 +48,10 @@ from mritumor.checkpoints import (
     save_checkpoint,
 )
 from mritumor.commands.common import save_resolved_config
+from mritumor.data.batch_augment import BatchAugment
 from mritumor.data.datasets import ContrastivePairDataset, rows_of_patients
+from mritumor.data.device_data import DevicePairLoader
+from mritumor.data.fast_path import training_data_device
 from mritumor.data.prepare import PreparedData, prepare_data
 from mritumor.data.transforms import build_transform
 from mritumor.errors import DataError, MritumorError
@@ -244,10 +247,23 @@ def make_loaders(
     }
     # A small last batch gives few negatives and a noisy step; drop it unless it is all there is.
     drop_last = len(train) // world_size >= args.batch_size
-    return (
-        DataLoader(train, shuffle=True, drop_last=drop_last, **options),
-        DataLoader(val, shuffle=False, **options),
-    )
+    val_loader = DataLoader(val, shuffle=False, **options)
+    device = None
+    if args.positive_pairs == "augment":  # the device loader makes augmented pairs only
+        device = training_data_device(args, len(train), cache.prep.channels, masks=False)
+    if device is not None:
+        train_loader = DevicePairLoader.from_cache(
+            cache,
+            train.rows,
+            BatchAugment(None, args.image_size, "ssl"),
+            batch_size=args.batch_size,
+            shuffle=True,
+            drop_last=drop_last,
+            device=device,
+            seed=None,  # the global generators, re-seeded per epoch by EpochSeeding
+        )
+        return train_loader, val_loader
+    return DataLoader(train, shuffle=True, drop_last=drop_last, **options), val_loader
 
 
 def pretrain(args: argparse.Namespace) -> Path:

@@ -1,0 +1,98 @@
+"""Which path the training batches take: device-resident (fast) or the DataLoader (general).
+
+``--data_on_device auto`` (the default) keeps the whole cached training set on the GPU and cuts
+and augments batches there (:mod:`mritumor.data.device_data`) when that is safe:
+
+* the run uses one CUDA device (the device loaders do not shard across DDP processes, so with
+  several devices every process would see every slice: those runs keep the DataLoader and its
+  distributed sampler);
+* the slices take at most half of the device's free memory (figshare at 224 px: about 0.3 GB).
+
+Otherwise batches come from the DataLoader (worker processes augment per slice on the CPU).
+``on`` forces the device path, on the CPU too (the tests use that; on 2 CPU cores it is not
+faster: there is no copy to save and batched augmentation does more arithmetic per slice);
+``off`` forces the DataLoader. Both paths draw augmentations from the same distributions
+(``tests/test_batch_augment.py``); device batches draw from the global generators, which
+:class:`mritumor.training.EpochSeeding` re-seeds every epoch, so ``--resume`` stays exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+from mritumor.data.batch_augment import BatchAugment
+from mritumor.data.device_data import cache_nbytes, fits_on_device
+from mritumor.data.transforms import AugmentConfig
+from mritumor.errors import MritumorError
+
+log = logging.getLogger(__name__)
+
+
+def augment_config(augment: str) -> AugmentConfig | None:
+    """The augmentation presets of the training commands (``--augment``): standard is the MRI
+    augmentation; light keeps ≥ 90 % of the slice in the crop (small tumours at the edge of the
+    brain stay in view) and rotates at most 5°; none is ``None``."""
+    if augment == "none":
+        return None
+    if augment == "light":
+        return AugmentConfig(crop_scale=(0.9, 1.0), rotate_degrees=5.0)
+    if augment == "standard":
+        return AugmentConfig()
+    raise ValueError(f"unknown augmentation preset {augment!r}")
+
+
+def batch_augment(augment: str, image_size: int) -> BatchAugment | None:
+    """The batched counterpart of the preset (``None`` for none: cached slices are used as they
+    are, at the cache's size, which is the training size)."""
+    config = augment_config(augment)
+    return None if config is None else BatchAugment(config, image_size, "train")
+
+
+def _single_device(args: argparse.Namespace) -> torch.device | None:
+    """The one device this run trains on, or None when it runs several processes."""
+    devices = str(getattr(args, "devices", "1"))
+    on_gpu = args.accelerator in ("gpu", "cuda") or (
+        args.accelerator == "auto" and torch.cuda.is_available()
+    )
+    if getattr(args, "num_nodes", 1) > 1:
+        return None
+    if devices == "auto":
+        if on_gpu and torch.cuda.device_count() > 1:
+            return None
+    elif int(devices) != 1:
+        return None
+    return torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+
+
+def training_data_device(
+    args: argparse.Namespace, n_slices: int, channels: int, masks: bool
+) -> torch.device | None:
+    """Where the training slices should live for this run, or ``None`` for the DataLoader."""
+    mode = getattr(args, "data_on_device", "auto")
+    if mode == "off":
+        return None
+    device = _single_device(args)
+    if device is None:
+        if mode == "on":
+            log.warning("--data_on_device on: ignored for a multi-process (DDP) run")
+        return None
+    needed = cache_nbytes(n_slices, channels, args.image_size, masks)
+    if mode == "on":
+        if not fits_on_device(needed, device, fraction=0.9):
+            raise MritumorError(
+                f"--data_on_device on: the {n_slices} training slices need "
+                f"{needed / 2**30:.2f} GiB, more than {device} has free; use auto or off"
+            )
+        return device
+    if device.type != "cuda":
+        return None
+    if not fits_on_device(needed, device):
+        log.info(
+            "training slices (%.2f GiB) stay on the host: too large for %s", needed / 2**30, device
+        )
+        return None
+    log.info("training slices (%.2f GiB) kept on %s, augmented there", needed / 2**30, device)
+    return device

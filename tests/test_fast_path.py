@@ -1,0 +1,138 @@
+"""`--data_on_device`: when the device-resident path is chosen, and that training runs through it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mritumor.checkpoints import load_checkpoint
+from mritumor.cli import main
+from mritumor.data import fast_path
+from mritumor.data.device_data import DevicePairLoader, DeviceSliceLoader
+from mritumor.data.synthetic import write_synthetic_dataset
+from mritumor.errors import MritumorError
+
+
+def args(**overrides) -> argparse.Namespace:
+    values = {
+        "data_on_device": "auto",
+        "accelerator": "cpu",
+        "devices": "1",
+        "num_nodes": 1,
+        "image_size": 32,
+    }
+    return argparse.Namespace(**{**values, **overrides})
+
+
+def test_auto_keeps_the_dataloader_on_cpu_and_off_always_does():
+    assert fast_path.training_data_device(args(), 100, 1, True) is None
+    assert fast_path.training_data_device(args(data_on_device="off"), 100, 1, True) is None
+
+
+def test_on_uses_the_single_device_and_never_a_ddp_run(caplog):
+    assert fast_path.training_data_device(args(data_on_device="on"), 100, 1, True) == torch.device(
+        "cpu"
+    )
+    assert (
+        fast_path.training_data_device(args(data_on_device="on", devices="2"), 100, 1, True) is None
+    )
+    assert "ignored for a multi-process" in caplog.text
+    assert (
+        fast_path.training_data_device(args(data_on_device="on", num_nodes=2), 10, 1, True) is None
+    )
+
+
+def test_auto_on_cuda_needs_the_data_to_fit(monkeypatch):
+    monkeypatch.setattr(fast_path, "_single_device", lambda a: torch.device("cuda", 0))
+    monkeypatch.setattr(fast_path, "fits_on_device", lambda n, device, fraction=0.5: n < 10_000)
+    assert fast_path.training_data_device(args(), 2, 1, True) == torch.device("cuda", 0)
+    assert fast_path.training_data_device(args(), 1000, 1, True) is None  # 3 MB > budget
+
+
+def test_on_refuses_data_that_cannot_fit(monkeypatch):
+    monkeypatch.setattr(fast_path, "fits_on_device", lambda n, device, fraction=0.5: False)
+    with pytest.raises(MritumorError, match="need"):
+        fast_path.training_data_device(args(data_on_device="on"), 100, 1, True)
+
+
+def test_presets_match_the_cpu_transforms():
+    from mritumor.tasks.hierarchical import training_transform
+
+    assert fast_path.batch_augment("none", 32) is None
+    light = fast_path.batch_augment("light", 32)
+    assert light.config.crop_scale == (0.9, 1.0) and light.config.rotate_degrees == 5.0
+    assert training_transform("light", 32).config == light.config
+    assert (
+        fast_path.batch_augment("standard", 32).config == training_transform("standard", 32).config
+    )
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("fast") / "data", patients_per_class=4, slices_per_patient=3,
+        image_size=32, seed=3,
+    )  # fmt: skip
+
+
+def multitask(cohort: Path, out: Path, mode: str) -> int:
+    return main(
+        ["-q", "train-multitask", "--data_root", str(cohort), "--outdir", str(out)]
+        + ["--variant", "D", "--backbone", "small_cnn", "--image_size", "32", "--epochs", "2"]
+        + ["--batch_size", "8", "--n_boot", "50", "--patience", "0", "--accelerator", "cpu"]
+        + ["--data_on_device", mode, "--num_workers", "0", "--deterministic"]
+    )
+
+
+def test_multitask_trains_through_the_device_loader(cohort: Path, tmp_path: Path, monkeypatch):
+    from mritumor.tasks import multitask as task
+
+    used = []
+    original = task.slice_loaders
+
+    def spy(*a, **k):
+        loaders = original(*a, **k)
+        used.append(type(loaders["train"]))
+        return loaders
+
+    monkeypatch.setattr(task, "slice_loaders", spy)
+    assert multitask(cohort, tmp_path / "on", "on") == 0
+    assert multitask(cohort, tmp_path / "again", "on") == 0
+    assert multitask(cohort, tmp_path / "off", "off") == 0
+    assert used == [DeviceSliceLoader, DeviceSliceLoader, torch.utils.data.DataLoader]
+    metrics = json.loads((tmp_path / "on" / "test_metrics.json").read_text())
+    assert 0.0 <= metrics["dice"]["value"] <= 1.0
+    # device batches draw from the generators EpochSeeding re-seeds: same seed, same weights
+    first = load_checkpoint(tmp_path / "on" / "best.pt")["model_state"]
+    second = load_checkpoint(tmp_path / "again" / "best.pt")["model_state"]
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    # the DataLoader run drew other random numbers: not silently the same path
+    other = load_checkpoint(tmp_path / "off" / "best.pt")["model_state"]
+    assert any(not torch.equal(first[k], other[k]) for k in first if first[k].is_floating_point())
+
+
+def test_pretrain_trains_through_the_device_pair_loader(cohort: Path, tmp_path: Path, monkeypatch):
+    from mritumor.tasks import ssl
+
+    used = []
+    original = ssl.make_loaders
+
+    def spy(*a, **k):
+        loaders = original(*a, **k)
+        used.append(type(loaders[0]))
+        return loaders
+
+    monkeypatch.setattr(ssl, "make_loaders", spy)
+    code = main(
+        ["-q", "pretrain", "--data_root", str(cohort), "--outdir", str(tmp_path / "ssl")]
+        + ["--encoder", "small_cnn", "--image_size", "32", "--epochs", "2", "--batch_size", "8"]
+        + ["--accelerator", "cpu", "--data_on_device", "on", "--num_workers", "0"]
+    )
+    assert code == 0 and used == [DevicePairLoader]
+    checkpoint = load_checkpoint(tmp_path / "ssl" / "simclr_pretrain.pt")
+    assert np.isfinite(checkpoint["metadata"]["best_val_loss"])
