@@ -1,0 +1,372 @@
+"""Training throughput: mritumor's command against a plain PyTorch loop on the same data.
+
+One JSON line per (workload, implementation). Both train the same network (torchvision's
+MobileNetV2 features with a 1-channel first convolution, or mritumor's multi-task net on it),
+at the same image size, batch size and number of epochs, on the same slices: a folder of 8-bit
+PNGs (+ masks) exported from --data_root once, before timing. What differs is everything around
+the network:
+
+* baseline: a `Dataset` that opens each PNG with PIL every time (as most hand-written loops do),
+  torchvision transforms per item, a standard `DataLoader` (same number of workers as mritumor
+  picks), a hand-written loop (AdamW, float32, contiguous NCHW tensors);
+* mritumor: the real command (`pretrain`, `train-hierarchical`, `train-multitask --variant D`),
+  i.e. preprocessed tensors cached once, channels-last, its loaders and Lightning loop.
+
+Throughput is training slices per second during the training batches of each epoch (validation,
+data caching and evaluation excluded), median over the epochs after the first (warm-up).
+A hierarchical bag counts its slices; a SimCLR pair counts one slice (two views).
+
+    .venv/bin/python benchmarks/bench_train.py --data_root ../shared/data/figshare \
+        --workload simclr hierarchical multitask --image_size 224 --patients 24 --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.models as tvm
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from mritumor.checkpoints import git_commit
+from mritumor.cli import main as run_cli
+from mritumor.data import io
+from mritumor.data.readers import read_catalog
+from mritumor.losses import nt_xent_loss
+from mritumor.models.backbones import adapt_first_conv
+from mritumor.models.multitask import build_multitask_model
+from mritumor.tasks import hierarchical as hierarchical_task
+from mritumor.tasks import multitask as multitask_task
+from mritumor.tasks import ssl as ssl_task
+from mritumor.training import build_trainer, default_workers
+
+# ------------------------------------------------------------------ the shared data
+
+
+def export_pngs(data_root: str, out: Path, patients: int, seed: int) -> Path:
+    """``out/<type>/<patient>/<n>.png`` (+ ``<n>_mask.png``) for ``patients`` patients, spread
+    over the types: 8-bit, min-max scaled per slice, at the source's own resolution."""
+    table = read_catalog(data_root).table
+    rng = np.random.default_rng(seed)
+    by_type = {t: sorted(g["patient_id"].unique()) for t, g in table.groupby("tumor_type")}
+    chosen = []
+    for k in range(patients):
+        names = by_type[sorted(by_type)[k % len(by_type)]]
+        chosen.append(names.pop(int(rng.integers(len(names)))))
+    for patient in chosen:
+        rows = table[table["patient_id"] == patient]
+        for n, row in enumerate(rows.itertuples()):
+            folder = out / str(row.tumor_type) / str(patient)
+            folder.mkdir(parents=True, exist_ok=True)
+            image = io.read_image(row.image, row.frame)[0]
+            image = (image - image.min()) / max(float(np.ptp(image)), 1e-6)
+            Image.fromarray((255 * image).astype(np.uint8)).save(folder / f"{n:03d}.png")
+            if isinstance(row.mask, str) and row.mask:
+                mask = io.read_mask(row.mask, row.frame)
+                Image.fromarray(255 * mask.astype(np.uint8)).save(folder / f"{n:03d}_mask.png")
+    return out
+
+
+def slice_files(root: Path) -> list[tuple[Path, Path | None, int, str]]:
+    types = sorted(p.name for p in root.iterdir())
+    items = []
+    for image in sorted(root.glob("*/*/*.png")):
+        if image.stem.endswith("_mask"):
+            continue
+        mask = image.with_name(f"{image.stem}_mask.png")
+        items.append(
+            (
+                image,
+                mask if mask.is_file() else None,
+                types.index(image.parent.parent.name),
+                image.parent.name,
+            )
+        )
+    return items
+
+
+# ------------------------------------------------------------------ the plain PyTorch baseline
+
+
+def pil_tensor(path: Path) -> torch.Tensor:
+    return v2.functional.to_dtype(
+        v2.functional.pil_to_tensor(Image.open(path).convert("L")), torch.float32, scale=True
+    )
+
+
+class PlainSlices(Dataset):
+    def __init__(self, items, size: int, kind: str):
+        self.items, self.kind = items, kind
+        geometry = [v2.Resize((size, size), antialias=True)]
+        if kind == "ssl":
+            self.transform = v2.Compose([
+                *geometry, v2.RandomResizedCrop(size, scale=(0.3, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(), v2.ColorJitter(0.4, 0.4),
+                v2.RandomApply([v2.GaussianBlur(9, (0.1, 2.0))], p=0.5),
+            ])  # fmt: skip
+        else:
+            self.transform = v2.Compose([
+                *geometry, v2.RandomResizedCrop(size, scale=(0.9, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(), v2.RandomRotation(5),
+            ])  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        image_path, mask_path, label, _ = self.items[i]
+        image = pil_tensor(image_path)
+        if self.kind == "ssl":
+            return self.transform(image), self.transform(image)
+        mask = tv_tensors.Mask(
+            pil_tensor(mask_path) > 0.5 if mask_path else torch.zeros_like(image, dtype=torch.bool)
+        )
+        image, mask = self.transform(image, mask)
+        return image, mask.float(), label
+
+
+class PlainBags(Dataset):
+    def __init__(self, items, size: int, bag: int):
+        patients: dict[str, list] = {}
+        for item in items:
+            patients.setdefault(item[3], []).append(item)
+        self.bags, self.bag = list(patients.values()), bag
+        self.slices = PlainSlices(items, size, "train")
+
+    def __len__(self) -> int:
+        return len(self.bags)
+
+    def __getitem__(self, i):
+        bag = self.bags[i]
+        chosen = np.linspace(0, len(bag) - 1, self.bag).round().astype(int)
+        images = [self.slices.transform(pil_tensor(bag[k][0])) for k in chosen]
+        return torch.stack(images), bag[0][2]
+
+
+def mobilenet_features() -> tuple[nn.Module, int]:
+    model = tvm.mobilenet_v2(weights=None)
+    model.features[0][0] = adapt_first_conv(model.features[0][0], 1)
+    return model.features, model.last_channel
+
+
+class PlainSimCLR(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features, width = mobilenet_features()
+        self.head = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 128))
+
+    def forward(self, x):
+        return self.head(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+class PlainMeanBag(nn.Module):
+    def __init__(self, n_types: int):
+        super().__init__()
+        self.features, width = mobilenet_features()
+        self.head = nn.Linear(width, n_types)
+
+    def forward(self, bags):
+        b, n = bags.shape[:2]
+        slices = F.adaptive_avg_pool2d(self.features(bags.flatten(0, 1)), 1).flatten(1)
+        return self.head(slices.view(b, n, -1).mean(1))
+
+
+def run_baseline(workload: str, items, n_types: int, args) -> list[float]:
+    torch.manual_seed(0)
+    workers = default_workers(-1)
+    options = {
+        "batch_size": args.batch_size,
+        "shuffle": True,
+        "num_workers": workers,
+        "drop_last": True,
+    }
+    if workload == "simclr":
+        model, loader = (
+            PlainSimCLR(),
+            DataLoader(PlainSlices(items, args.image_size, "ssl"), **options),
+        )
+    elif workload == "hierarchical":
+        options["batch_size"] = 2
+        model, loader = (
+            PlainMeanBag(n_types),
+            DataLoader(PlainBags(items, args.image_size, args.bag_size), **options),
+        )
+    else:
+        model = build_multitask_model("D", n_types, "mobilenet_v2", 1, args.image_size)
+        loader = DataLoader(PlainSlices(items, args.image_size, "train"), **options)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    rates = []
+    for _ in range(args.epochs):
+        started, seen = time.perf_counter(), 0
+        for batch in loader:
+            if workload == "simclr":
+                first, second = batch
+                loss = nt_xent_loss(model(first), model(second), 0.5, gather=False)
+                seen += first.shape[0]
+            elif workload == "hierarchical":
+                bags, labels = batch
+                loss = F.cross_entropy(model(bags), labels)
+                seen += bags.shape[0] * bags.shape[1]
+            else:
+                images, masks, labels = batch
+                out = model(images)
+                loss = F.binary_cross_entropy_with_logits(
+                    out["mask_logits"], masks
+                ) + F.cross_entropy(out["class_logits"], labels)
+                seen += images.shape[0]
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        rates.append(seen / (time.perf_counter() - started))
+    return rates
+
+
+# ------------------------------------------------------------------ mritumor's command
+
+
+class TrainingBatchTimer(L.Callback):
+    """Slices per second over each epoch's training batches (validation excluded)."""
+
+    def __init__(self):
+        self.rates: list[float] = []
+
+    def on_train_epoch_start(self, trainer, module):
+        self.started, self.last, self.seen = time.perf_counter(), None, 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, index):
+        if isinstance(batch, list | tuple):
+            self.seen += batch[0].shape[0]
+        elif "images" in batch:
+            self.seen += int(batch["mask"].sum())
+        else:
+            self.seen += batch["image"].shape[0]
+        self.last = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module):
+        if self.last is not None:
+            self.rates.append(self.seen / (self.last - self.started))
+
+
+def run_mritumor(workload: str, root: Path, out: Path, args) -> list[float]:
+    timer = TrainingBatchTimer()
+    build = build_trainer
+
+    def with_timer(run_args, outdir, max_epochs, callbacks=None, **overrides):
+        return build(run_args, outdir, max_epochs, [*(callbacks or []), timer], **overrides)
+
+    common = [
+        "--data_root",
+        str(root),
+        "--outdir",
+        str(out / workload),
+        "--image_size",
+        str(args.image_size),
+    ]
+    common += [
+        "--epochs",
+        str(args.epochs),
+        "--seed",
+        "0",
+        "--val_frac",
+        "0.1",
+        "--test_frac",
+        "0.1",
+    ]
+    if workload == "simclr":
+        argv = [
+            "pretrain",
+            *common,
+            "--encoder",
+            "mobilenet_v2",
+            "--batch_size",
+            str(args.batch_size),
+        ]
+    elif workload == "hierarchical":
+        argv = ["train-hierarchical", *common, "--backbone", "mobilenet_v2", "--batch_size", "2"]
+        argv += ["--bag_size", str(args.bag_size), "--pooling", "mean", "--augment", "light"]
+        argv += ["--patience", "0", "--n_boot", "10"]
+    else:
+        argv = ["train-multitask", *common, "--variant", "D", "--backbone", "mobilenet_v2"]
+        argv += [
+            "--batch_size",
+            str(args.batch_size),
+            "--augment",
+            "light",
+            "--patience",
+            "0",
+            "--n_boot",
+            "10",
+        ]
+    modules = [ssl_task, hierarchical_task, multitask_task]
+    for module in modules:
+        module.build_trainer = with_timer
+    try:
+        if run_cli(["-q", *argv]) != 0:
+            raise SystemExit(f"mritumor {argv[0]} failed")
+    finally:
+        for module in modules:
+            module.build_trainer = build
+    return timer.rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data_root", required=True)
+    parser.add_argument("--workload", nargs="+", default=["simclr", "hierarchical", "multitask"])
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--bag_size", type=int, default=8)
+    parser.add_argument("--patients", type=int, default=24)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--only", choices=("baseline", "mritumor"), default=None)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    try:
+        root = export_pngs(args.data_root, work / "data", args.patients, seed=0)
+        items = slice_files(root)
+        n_types = len({item[2] for item in items})
+        for workload in args.workload:
+            for name in ("baseline", "mritumor"):
+                if args.only and name != args.only:
+                    continue
+                started = time.perf_counter()
+                if name == "baseline":
+                    rates = run_baseline(workload, items, n_types, args)
+                else:
+                    rates = run_mritumor(workload, root, work / "runs", args)
+                steady = rates[1:] or rates
+                print(json.dumps({
+                    "benchmark": "train", "workload": workload, "implementation": name,
+                    "slices_per_s": round(statistics.median(steady), 2),
+                    "per_epoch": [round(r, 2) for r in rates], "wall_s": round(time.perf_counter() - started, 1),
+                    "image_size": args.image_size, "batch_size": 2 if workload == "hierarchical" else args.batch_size,
+                    "bag_size": args.bag_size if workload == "hierarchical" else None,
+                    "slices": len(items), "patients": args.patients, "epochs": args.epochs,
+                    "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+                    "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+                    "commit": git_commit(),
+                }), flush=True)  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
