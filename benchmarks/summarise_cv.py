@@ -16,6 +16,9 @@ HEADLINE = [
     "grade_e2e_accuracy/value",
     "grade_e2e_macro_auc/value",
     "grade_conditional_accuracy/value",
+    "ece_before_scaling",
+    "ece_after_scaling",
+    "temperature",
 ]
 
 

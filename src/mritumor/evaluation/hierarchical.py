@@ -175,6 +175,8 @@ def headline_metrics(report: dict, labels: LabelSpace) -> dict:
         },
         "ece_before_scaling": report["calibration"]["before_scaling"]["ece"],
         "ece_after_scaling": report["calibration"]["after_scaling"]["ece"],
+        "mce_before_scaling": report["calibration"]["before_scaling"]["mce"],
+        "mce_after_scaling": report["calibration"]["after_scaling"]["mce"],
         "temperature": report["temperature"],
     }
     if "grade_e2e" in report:

@@ -186,6 +186,8 @@ def classification_part(
         headline["tumor_type_patient_accuracy"] = _ci(by_patient["intervals"]["accuracy"])
     headline["ece_before_scaling"] = calibration["before_scaling"]["ece"]
     headline["ece_after_scaling"] = calibration["after_scaling"]["ece"]
+    headline["mce_before_scaling"] = calibration["before_scaling"]["mce"]
+    headline["mce_after_scaling"] = calibration["after_scaling"]["mce"]
     columns = {
         "true_type": [labels.types[k] if k >= 0 else None for k in y],
         "pred_type": [labels.types[k] for k in probs.argmax(axis=1)],
