@@ -64,6 +64,11 @@ def build_trainer(
 ) -> L.Trainer:
     from lightning.pytorch.loggers import CSVLogger
 
+    if getattr(args, "quiet", False):
+        # Lightning sets its loggers to INFO when it is imported, which now happens after the
+        # CLI configured logging (the parser no longer imports it): quieten them here.
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     devices = parse_devices(str(args.devices))
     many = (isinstance(devices, int) and devices > 1) or args.num_nodes > 1
     callbacks = list(callbacks or [])
