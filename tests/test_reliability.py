@@ -449,6 +449,17 @@ def test_command_line_refuses_malicious_checkpoints(runs, tmp_path: Path, capsys
             runs["data"], tmp_path / "t", 0, "--ssl_ckpt", str(evil)
         ),
         "evaluate-ssl --ckpt": ["-q", "evaluate-ssl", "--ckpt", str(evil), "--data_root", data],
+        "train-multitask --seg_ckpt": ["-q", "train-multitask", "--data_root", data, "--outdir"]
+        + [str(tmp_path / "m"), "--variant", "C", "--seg_ckpt", str(evil)],
+        "train-multitask --ssl_ckpt": ["-q", "train-multitask", "--data_root", data, "--outdir"]
+        + [str(tmp_path / "m2"), "--variant", "D", "--ssl_ckpt", str(evil)],
+        "evaluate": ["-q", "evaluate", "--checkpoint", str(evil), "--data_root", data]
+        + ["--outdir", str(tmp_path / "e")],
+        "predict": ["-q", "predict", "--checkpoint", str(evil), "--input", data],
+        "explain": ["-q", "explain", "--checkpoint", str(evil), "--data_root", data]
+        + ["--outdir", str(tmp_path / "x")],
+        "export": ["-q", "export", "--checkpoint", str(evil), "--format", "onnx"]
+        + ["--output", str(tmp_path / "model.onnx")],
     }
     for name, argv in commands.items():
         capsys.readouterr()
