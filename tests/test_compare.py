@@ -378,3 +378,20 @@ def test_duplicate_folder_names_get_their_parent(tmp_path):
         "y/run",
         "z",
     ]
+
+
+def test_pairwise_table_fixed_decimals_but_small_p_values_kept():
+    """Differences and bounds read as 3 decimals (-0.001, not -0.000862); a p-value below 0.001
+    keeps its significant digits (2.1e-05, not 0.000), the Holm one too."""
+    from mritumor.compare.tables import pairwise_table
+
+    entry = {
+        "a": 0.9831, "b": 0.9532, "difference": 0.0299, "ci_low": -0.000862, "ci_high": 0.0604,
+        "test": "DeLong (two correlated ROC curves)", "p_value": 2.1e-05, "p_holm": 0.0571,
+        "significant": False,
+    }  # fmt: skip
+    report = {"pairwise": [{"run_a": "D", "run_b": "E", "auc_per_class": {"glioma": entry}}]}
+    row = pairwise_table(report)[2]
+    assert row == (
+        "| D | E | auc[glioma] | 0.983 | 0.953 | 0.030 (-0.001 to 0.060) | DeLong | 2.1e-05 | 0.057 |"
+    )

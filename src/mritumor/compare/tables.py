@@ -77,9 +77,14 @@ def csv_rows(report: dict) -> pd.DataFrame:
 def _fmt(value, digits: int = 3) -> str:
     if value is None:
         return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
-    return str(value)
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _fmt_p(value) -> str:
+    """p-values keep three significant digits when small (2.1e-05, not 0.000)."""
+    if isinstance(value, float) and 0 < abs(value) < 1e-3:
+        return f"{value:.3g}"
+    return _fmt(value)
 
 
 def _fmt_interval(entry: dict | None) -> str:
@@ -121,8 +126,8 @@ def pairwise_table(report: dict) -> list[str]:
         mark = " *" if e.get("significant") else ""
         lines.append(
             f"| {a} | {b} | {metric} | {_fmt(e.get('a'))} | {_fmt(e.get('b'))} | {difference} | "
-            f"{_short_test(e.get('test'))} | {_fmt(e.get('p_value'))} | "
-            f"{_fmt(e.get('p_holm'))}{mark} |"
+            f"{_short_test(e.get('test'))} | {_fmt_p(e.get('p_value'))} | "
+            f"{_fmt_p(e.get('p_holm'))}{mark} |"
         )
     return lines
 
@@ -153,7 +158,7 @@ def markdown(report: dict) -> str:
                 f"## Friedman test ({metric})",
                 "",
                 f"{result['test']}: chi² = {_fmt(result['statistic'])}, "
-                f"p = {_fmt(result['p_value'])}, {result['n_blocks']} patients "
+                f"p = {_fmt_p(result['p_value'])}, {result['n_blocks']} patients "
                 f"({result['n_blocks_dropped']} dropped for missing values); mean ranks: "
                 + ", ".join(
                     f"{n} {_fmt(r, 2)}"
@@ -191,9 +196,9 @@ def text_summary(report: dict) -> str:
         lines.append(
             f"  {a} − {b} {metric}: {_fmt(e.get('difference'))} "
             f"[{_fmt(e.get('ci_low'))}, {_fmt(e.get('ci_high'))}] "
-            f"p={_fmt(e.get('p_value'))} (Holm {_fmt(e.get('p_holm'))})"
+            f"p={_fmt_p(e.get('p_value'))} (Holm {_fmt_p(e.get('p_holm'))})"
         )
     for metric, result in report["friedman"].items():
         if result:
-            lines.append(f"  Friedman ({metric}): p={_fmt(result['p_value'])}")
+            lines.append(f"  Friedman ({metric}): p={_fmt_p(result['p_value'])}")
     return "\n".join(lines)
