@@ -9,6 +9,7 @@ from mritumor.commands.common import (
     add_command,
     add_config_flag,
     add_data_flags,
+    add_data_on_device_flag,
     add_split_flags,
     add_trainer_flags,
     flag,
@@ -141,6 +142,7 @@ def register(subcommands) -> None:
     )
     add_split_flags(parser)
     add_trainer_flags(parser)
+    add_data_on_device_flag(parser)
     parser.set_defaults(handler=run)
 
 

@@ -13,6 +13,10 @@ batch counts are Python ints known up front; nothing reads a device value back).
   int64 (B,) (the cache row).
 * :class:`DevicePairLoader` yields ``[first, second]`` like ``ContrastivePairDataset`` with
   ``positive_pairs='augment'`` + default collate: two independent augmentations of each slice.
+* :class:`DeviceBagLoader` yields patient bags like ``PatientBagDataset`` + ``collate_bags``
+  (``images`` (B, L, C, S, S), ``mask`` (B, L), ``rows``, labels, ``patient_index``); L is fixed
+  (the bag size, or the longest patient for ``all``) instead of the batch's longest bag, because
+  reading the batch's longest bag back would synchronise.
 
 Shuffles are reproducible: epoch ``e`` draws its permutation and augmentations from a device
 generator seeded with ``(seed, e)``. The epoch advances by one at every ``iter()`` (a pass cut
@@ -38,7 +42,13 @@ if TYPE_CHECKING:
     from mritumor.data.cache import SliceCache
     from mritumor.data.labels import LabelSpace
 
-__all__ = ["DevicePairLoader", "DeviceSliceLoader", "cache_nbytes", "fits_on_device"]
+__all__ = [
+    "DeviceBagLoader",
+    "DevicePairLoader",
+    "DeviceSliceLoader",
+    "cache_nbytes",
+    "fits_on_device",
+]
 
 _SEED_STRIDE = 1_000_003  # epoch e of seed s uses s * stride + e
 
@@ -261,3 +271,130 @@ class DevicePairLoader(_DeviceBatches):
             first, _ = self.augment(images, None, generator=generator)
             second, _ = self.augment(images, None, generator=generator)
             yield [first, second]
+
+
+class DeviceBagLoader(_DeviceBatches):
+    """Patient bags from slices kept on ``device`` (``PatientBagDataset`` + ``collate_bags``).
+
+    ``images``: (N, C, S, S) float, the patients' slices; ``patient_slices``: for each patient,
+    the indices of its slices in ``images`` in anatomical order; ``rows``: (N,) the cache rows
+    reported in ``rows`` (default ``arange(N)``); ``tumor_type`` / ``grade``: (P,) per patient.
+    Bags follow :func:`~mritumor.data.datasets.bag_positions`: ``uniform`` and ``all`` are fixed
+    tables built once; ``random`` draws, per bag, the ``bag_size`` slices with the smallest of
+    i.i.d. uniform keys (a uniformly random subset, as ``randperm(n)[:bag_size]``), in order.
+    ``weights`` (P,) switches the shuffle to sampling P patients with replacement in proportion
+    to the weights (``WeightedRandomSampler``, for ``--balance sampler``). Each slice of a bag is
+    augmented independently, as the per-slice CPU transform does.
+    """
+
+    def __init__(
+        self,
+        images,
+        patient_slices: list,
+        tumor_type,
+        grade,
+        *,
+        rows=None,
+        bag_size: int = 8,
+        bag_policy: str = "uniform",
+        weights=None,
+        batch_size: int = 2,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        augment: BatchAugment | None = None,
+        device: torch.device | str = "cpu",
+        seed: int | None = 0,
+    ) -> None:
+        from mritumor.data.datasets import bag_positions
+
+        n_patients = len(patient_slices)
+        super().__init__(n_patients, batch_size, shuffle, drop_last, augment, device, seed)
+        if bag_size < 1:
+            raise ValueError("bag_size must be >= 1")
+        bag_positions(1, bag_size, bag_policy)  # validates the policy
+        self.bag_policy, self.bag_size = bag_policy, bag_size
+        self.images = _on(self.device, images)
+        if not (self.images.ndim == 4 and self.images.is_floating_point()):
+            raise ValueError(f"images must be (N, C, S, S) float, got {tuple(self.images.shape)}")
+        counts = [len(s) for s in patient_slices]
+        if min(counts) < 1:
+            raise ValueError("every patient needs at least one slice")
+        # the bag table: what each patient's bag draws from (padding -1)
+        if bag_policy == "random":
+            chosen = [np.asarray(s) for s in patient_slices]
+        else:
+            chosen = [
+                np.asarray(s)[bag_positions(len(s), bag_size, bag_policy)] for s in patient_slices
+            ]
+        width = max(len(c) for c in chosen)
+        table = np.full((n_patients, width), -1, dtype=np.int64)
+        for i, c in enumerate(chosen):
+            table[i, : len(c)] = c
+        self.table = _on(self.device, table)
+        self.counts = _on(self.device, np.asarray([len(c) for c in chosen]), torch.int64)
+        self.width = width if bag_policy != "random" else min(width, bag_size)
+        rows = np.arange(len(images)) if rows is None else rows
+        self.slice_rows = _on(self.device, rows, torch.int64)
+        self.tumor_type = _on(self.device, tumor_type, torch.int64)
+        self.grade = _on(self.device, grade, torch.int64)
+        self.weights = None if weights is None else _on(self.device, weights, torch.float64)
+        for name in ("tumor_type", "grade") + (("weights",) if weights is not None else ()):
+            if getattr(self, name).shape != (n_patients,):
+                raise ValueError(f"{name} must have shape ({n_patients},)")
+
+    @classmethod
+    def from_dataset(cls, dataset, **kwargs) -> DeviceBagLoader:
+        """The bags of a ``PatientBagDataset`` (its cache, patients, bag size and policy)."""
+        used = np.unique(np.concatenate([dataset.rows[p] for p in dataset.patient_ids]))
+        local = {int(r): i for i, r in enumerate(used)}
+        return cls(
+            np.asarray(dataset.cache.images[used]),
+            [[local[int(r)] for r in dataset.rows[p]] for p in dataset.patient_ids],
+            dataset.types,
+            dataset.grades,
+            rows=used,
+            bag_size=dataset.bag_size,
+            bag_policy=dataset.bag_policy,
+            **kwargs,
+        )
+
+    def _index_batches(self, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+        if self.weights is None:
+            yield from super()._index_batches(generator)
+            return
+        order = torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield order[start : start + self.batch_size]
+
+    def _bag_slices(self, patients: torch.Tensor, generator: torch.Generator | None):
+        """(B, L) indices into ``images`` (-1 = padding) and the (B, L) mask of real slices."""
+        table = self.table.index_select(0, patients)
+        counts = self.counts.index_select(0, patients)
+        if self.bag_policy != "random":
+            return table, table >= 0
+        keys = torch.rand(table.shape, generator=generator, device=self.device)
+        positions = torch.arange(table.shape[1], device=self.device)
+        keys = keys.masked_fill(positions >= counts[:, None], 2.0)  # padding sorts last
+        picked = keys.topk(self.width, dim=1, largest=False).indices.sort(dim=1).values
+        # padding positions (≥ count) sort after the real ones, so real slices come first
+        slices = table.gather(1, picked)
+        return slices, slices >= 0
+
+    def _batches(self, generator: torch.Generator | None) -> Iterator[dict]:
+        for patients in self._index_batches(generator):
+            slices, mask = self._bag_slices(patients, generator)
+            flat = slices.clamp(min=0).reshape(-1)
+            images = self.images.index_select(0, flat).to(torch.float32)
+            if self.augment is not None:
+                images, _ = self.augment(images, None, generator=generator)
+            images = images.view(*slices.shape, *images.shape[1:])
+            images = images * mask.view(*mask.shape, 1, 1, 1)  # padding is zeros, as collate_bags
+            rows = self.slice_rows.index_select(0, flat).view(slices.shape).masked_fill(~mask, -1)
+            yield {
+                "images": images,
+                "mask": mask,
+                "rows": rows,
+                "tumor_type": self.tumor_type.index_select(0, patients),
+                "grade": self.grade.index_select(0, patients),
+                "patient_index": patients,
+            }

@@ -28,7 +28,8 @@ from mritumor.checkpoints import (
 )
 from mritumor.commands.common import save_resolved_config
 from mritumor.data.datasets import PatientBagDataset, collate_bags
-from mritumor.data.fast_path import augment_config
+from mritumor.data.device_data import DeviceBagLoader
+from mritumor.data.fast_path import augment_config, batch_augment, training_data_device
 from mritumor.data.labels import LabelSpace
 from mritumor.data.prepare import PreparedData, prepare_data
 from mritumor.data.splits import Split, make_folds, sample_labelled_patients
@@ -196,9 +197,10 @@ def load_ssl_encoder(encoder, ssl_ckpt: str | Path) -> dict:
     return report
 
 
-def bag_loaders(
-    args, data: PreparedData, split: Split, labels: LabelSpace
-) -> dict[str, DataLoader]:
+def bag_loaders(args, data: PreparedData, split: Split, labels: LabelSpace) -> dict:
+    """DataLoaders of patient bags for the three parts; the training part is a device-resident
+    :class:`DeviceBagLoader` when :func:`training_data_device` says so (``--data_on_device``).
+    ``train_dataset`` is the training part as a ``PatientBagDataset`` (for class weights)."""
     workers = default_workers(args.num_workers)
     train_set = PatientBagDataset(
         data.cache,
@@ -227,6 +229,20 @@ def bag_loaders(
         num_workers=workers,
         drop_last=len(train_set) > args.batch_size,
     )
+    loaders["train_dataset"] = train_set
+    n_slices = sum(len(rows) for rows in train_set.rows.values())
+    device = training_data_device(args, n_slices, data.cache.prep.channels, masks=False)
+    if device is not None:
+        loaders["train"] = DeviceBagLoader.from_dataset(
+            train_set,
+            weights=None if sampler is None else sampler.weights,
+            batch_size=args.batch_size,
+            shuffle=sampler is None,
+            drop_last=len(train_set) > args.batch_size,
+            augment=batch_augment(args.augment, args.image_size),
+            device=device,
+            seed=None,  # the global generators, re-seeded per epoch by EpochSeeding
+        )
     for part in ("val", "test"):
         dataset = PatientBagDataset(
             data.cache, split.part(part), labels, args.bag_size, eval_policy
@@ -338,7 +354,7 @@ def run_fold(args, data: PreparedData, split: Split, outdir: Path) -> dict:
     loaders = bag_loaders(args, data, split, labels)
     model = build_model(args, labels, data.cache.prep.channels)
     type_weights = (
-        class_weights(loaders["train"].dataset, len(labels.types))
+        class_weights(loaders["train_dataset"], len(labels.types))
         if args.balance == "weights"
         else None
     )
