@@ -32,7 +32,7 @@ from mritumor.explain.metrics import (
     share_in_mask,
     summarise_scores,
 )
-from mritumor.explain.run import load_explainable
+from mritumor.explain.run import choose_patients, load_explainable
 from mritumor.models.backbones import build_encoder
 from mritumor.models.hierarchical import TwoStepClassifier
 
@@ -562,3 +562,18 @@ def test_multitask_checkpoints_plug_in(trained, tmp_path, monkeypatch):
         )
         == 2
     )
+
+
+def test_max_patients_takes_patients_in_turn_from_each_type():
+    """A capped run shows every class (the test patients of one type are often listed first);
+    without a cap, or without types, the data order is kept; an unknown --patients is refused."""
+    available = ["a1", "a2", "a3", "m1", "m2", "p1", "x9"]
+    types = {p: {"a": "astro", "m": "menin", "p": "pitu", "x": "astro"}[p[0]] for p in available}
+    test = ["a1", "a2", "a3", "m1", "m2", "p1"]
+    assert choose_patients(available, None, test, 4, types) == ["a1", "m1", "p1", "a2"]
+    assert choose_patients(available, None, test, 0, types) == test
+    assert choose_patients(available, None, test, 4) == ["a1", "a2", "a3", "m1"]
+    assert choose_patients(available, None, [], 3, types) == ["a1", "m1", "p1"]
+    assert choose_patients(available, ["p1", "a1"], test, 0, types) == ["p1", "a1"]
+    with pytest.raises(MritumorError, match="not found"):
+        choose_patients(available, ["zz"], test, 0, types)

@@ -34,7 +34,7 @@ def register(subcommands) -> None:
         "--max_patients",
         type=int,
         default=8,
-        help="explain at most this many patients (0: no limit)",
+        help="explain at most this many patients, taken in turn from each tumour type (0: no limit)",
     )
     flag(
         parser,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,9 +172,12 @@ def choose_patients(
     requested: Sequence[str] | None,
     test_patients: Sequence[str],
     max_patients: int,
+    types: Mapping[str, str] | None = None,
 ) -> list[str]:
     """``requested`` (all must exist), else the checkpoint's test patients present in the data,
-    else every patient; at most ``max_patients`` (0: no limit), in data order."""
+    else every patient; at most ``max_patients`` (0: no limit). When the cap applies and the
+    patients' ``types`` are known, it takes them in turn from each tumour type (data order within
+    a type), so a short run still shows every class; otherwise the first ones in data order."""
     present = set(available)
     if requested:
         missing = [p for p in requested if p not in present]
@@ -194,10 +197,24 @@ def choose_patients(
             log.info("explaining the checkpoint's test patients (%d in the data)", len(chosen))
     if max_patients and len(chosen) > max_patients:
         log.info(
-            "explaining the first %d of %d patients (--max_patients)", max_patients, len(chosen)
+            "explaining %d of %d patients (--max_patients; 0 explains all)%s",
+            max_patients,
+            len(chosen),
+            ", taken in turn from each tumour type" if types else "",
         )
-        chosen = chosen[:max_patients]
+        chosen = (
+            _interleave_by_type(chosen, types)[:max_patients] if types else chosen[:max_patients]
+        )
     return chosen
+
+
+def _interleave_by_type(patients: Sequence[str], types: Mapping[str, str]) -> list[str]:
+    """First patient of each type, then the second of each, …; types in order of appearance."""
+    by_type: dict[str, list[str]] = {}
+    for patient in patients:
+        by_type.setdefault(str(types.get(patient)), []).append(patient)
+    queues = list(by_type.values())
+    return [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
 
 
 def safe_name(text: str) -> str:
@@ -255,7 +272,8 @@ def explain(
     model.to(torch_device)
 
     catalog = read_catalog(data_root, format=format, strict=strict)
-    chosen = choose_patients(catalog.patients, patients, model.test_patients, max_patients)
+    types = dict(zip(catalog.table["patient_id"], catalog.table["tumor_type"], strict=True))
+    chosen = choose_patients(catalog.patients, patients, model.test_patients, max_patients, types)
     # decode only the chosen patients' slices, with the checkpoint's preprocessing
     cache = SliceCache.build(
         catalog.subset(chosen), model.preprocessing, strict=strict, progress=progress
