@@ -21,6 +21,7 @@ import argparse
 import logging
 import os
 import random
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -69,6 +70,9 @@ def build_trainer(
         # CLI configured logging (the parser no longer imports it): quieten them here.
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    # Lightning 2.6 still builds torch's deprecated LeafSpec for every batch; torch ≥ 2.10 warns
+    # about it once per run, a line users can do nothing about.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     devices = parse_devices(str(args.devices))
     many = (isinstance(devices, int) and devices > 1) or args.num_nodes > 1
     callbacks = list(callbacks or [])
