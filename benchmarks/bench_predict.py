@@ -12,6 +12,7 @@ first: latency does not depend on the weights.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import shutil
@@ -35,11 +36,12 @@ def train_checkpoint(work: Path, backbone: str, size: int, bag_size: int) -> Pat
     data = write_synthetic_dataset(
         work / "data", patients_per_class=3, slices_per_patient=16, image_size=size, seed=0
     )
-    code = mritumor(
-        ["-q", "train-hierarchical", "--data_root", str(data), "--outdir", str(work / "run")]
-        + ["--backbone", backbone, "--image_size", str(size), "--epochs", "1"]
-        + ["--bag_size", str(bag_size), "--n_boot", "10", "--patience", "0"]
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON line
+        code = mritumor(
+            ["-q", "train-hierarchical", "--data_root", str(data), "--outdir", str(work / "run")]
+            + ["--backbone", backbone, "--image_size", str(size), "--epochs", "1"]
+            + ["--bag_size", str(bag_size), "--n_boot", "10", "--patience", "0"]
+        )
     if code != 0:
         raise SystemExit("training the benchmark model failed")
     return work / "run" / "best.pt"

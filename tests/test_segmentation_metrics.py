@@ -122,3 +122,42 @@ def test_per_patient_mean_ignores_nan():
     assert math.isnan(means["P3"])
     with pytest.raises(ValueError):
         per_patient_mean(values, patients[:-1])
+
+
+def test_report_separates_tumour_slices_from_tumour_free_ones():
+    """Dice over all slices counts a correctly empty prediction as 1: with tumour-free slices
+    (LGG stacks) the report adds Dice over the tumour slices and the share of tumour-free slices
+    predicted empty; without them (figshare) neither appears."""
+    from mritumor.evaluation.multitask import segmentation_report
+
+    def square(top, left, side, size=8):
+        mask = np.zeros((size, size), bool)
+        mask[top : top + side, left : left + side] = True
+        return mask
+
+    empty = np.zeros((8, 8), bool)
+    true = [square(0, 0, 4), square(2, 2, 4), empty, empty, empty, square(0, 0, 2)]
+    pred = [square(0, 0, 4), square(2, 2, 2), empty, empty, square(5, 5, 2), empty]
+    prediction = {
+        "has_mask": np.array([True] * 6 + [False]),
+        "true_masks": np.stack(true + [empty]),
+        "pred_masks": np.stack(pred + [square(0, 0, 3)]),
+    }
+    patients = np.array(["p1", "p1", "p1", "p2", "p2", "p2", "p3"])
+    result = segmentation_report(prediction, patients, n_boot=50, seed=0)
+    headline, report = result["headline"], result["report"]
+    tumour_dice = [1.0, 2 * 4 / (16 + 4), 0.0]  # identical; 2×2 inside 4×4; missed entirely
+    all_dice = [1.0, 0.4, 1.0, 1.0, 0.0, 0.0]  # both empty → 1; a false positive → 0
+    assert headline["dice"]["value"] == pytest.approx(np.mean(all_dice))
+    assert headline["dice_tumour_slices"]["value"] == pytest.approx(np.mean(tumour_dice))
+    assert headline["empty_slices_predicted_empty"]["value"] == pytest.approx(2 / 3)
+    assert report["n_tumour_slices"] == 3 and report["n_tumour_free_slices"] == 3
+    assert report["n_slices_with_mask"] == 6
+    low, high = headline["dice_tumour_slices"]["low"], headline["dice_tumour_slices"]["high"]
+    assert 0.0 <= low <= high <= 1.0
+
+    only_tumour = {key: value[[0, 1, 5]] for key, value in prediction.items()}
+    result = segmentation_report(only_tumour, patients[[0, 1, 5]], n_boot=20, seed=0)
+    assert "dice_tumour_slices" not in result["headline"]
+    assert "n_tumour_slices" not in result["report"]
+    assert result["headline"]["dice"]["value"] == pytest.approx(np.mean(tumour_dice))

@@ -87,7 +87,13 @@ def run(args: argparse.Namespace) -> None:
         f"evaluated {summary['n_patients']} patient(s) ({summary['task']}); results in {args.outdir}"
     )
     metrics = result.get("metrics", {})
-    for key in ("tumor_type_accuracy", "tumor_type_macro_auc", "grade_e2e_accuracy", "dice"):
+    for key in (
+        "tumor_type_accuracy",
+        "tumor_type_macro_auc",
+        "grade_e2e_accuracy",
+        "dice",
+        "dice_tumour_slices",
+    ):
         value = metrics.get(key)
         if isinstance(value, dict) and value.get("value") is not None:
             low, high = value.get("low"), value.get("high")

@@ -139,7 +139,9 @@ def run(args) -> None:
         metrics = report.get("metrics", {})
         parts = [
             f"{name} {m['value']:.3f} ({m['low']:.3f}–{m['high']:.3f})"
-            for name, m in ((k, metrics.get(k)) for k in ("dice", "tumor_type_accuracy"))
+            for name, m in (
+                (k, metrics.get(k)) for k in ("dice", "dice_tumour_slices", "tumor_type_accuracy")
+            )
             if isinstance(m, dict) and m.get("value") is not None and m.get("low") is not None
         ]
         print(f"  {variant}: " + ", ".join(parts))

@@ -105,12 +105,27 @@ def segmentation_report(prediction: dict, patients: np.ndarray, n_boot: int, see
         distance[with_mask] = hd95(pred, true)
     scored = np.flatnonzero(with_mask)
     values = {"dice": dice, "iou": iou, "hd95": distance}
+    # Where some true masks are empty (LGG: most slices of a stack have no tumour), Dice over all
+    # slices counts every correctly empty prediction as 1 and says little about the outlines:
+    # report Dice over the tumour slices and the share of tumour-free slices predicted empty too.
+    tumour = np.zeros(n, dtype=bool)
+    if with_mask.any():
+        tumour[with_mask] = prediction["true_masks"][with_mask].reshape(len(scored), -1).any(1)
+    some_empty = bool((~tumour[scored]).any())
 
     def slice_means(indices: np.ndarray) -> dict:
         chosen = scored[indices]
-        return {name: _nanmean(v[chosen]) for name, v in values.items()}
+        means = {name: _nanmean(v[chosen]) for name, v in values.items()}
+        if some_empty:
+            means["dice_tumour_slices"] = _nanmean(dice[chosen[tumour[chosen]]])
+            # an empty true mask scores Dice 1 exactly when the prediction is empty too
+            means["empty_slices_predicted_empty"] = _nanmean(dice[chosen[~tumour[chosen]]] == 1)
+        return means
 
     headline, report = {}, {"n_slices_with_mask": int(len(scored))}
+    if some_empty:
+        report["n_tumour_slices"] = int(tumour[scored].sum())
+        report["n_tumour_free_slices"] = int((~tumour[scored]).sum())
     if len(scored):
         fn, n_groups = by_group(slice_means, patients[scored])
         intervals = bootstrap_intervals(fn, n_groups, n_boot=n_boot, seed=seed)

@@ -527,7 +527,13 @@ def segmentation_part(report: Mapping | None) -> str:
         return ""
     items = [
         (k, seg[k])
-        for k in ("n_slices_with_mask", "hd95_undefined_slices", "convention")
+        for k in (
+            "n_slices_with_mask",
+            "n_tumour_slices",
+            "n_tumour_free_slices",
+            "hd95_undefined_slices",
+            "convention",
+        )
         if k in seg
     ]
     html = _kv(items)
