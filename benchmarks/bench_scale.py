@@ -1,11 +1,13 @@
 """Scale: time and peak memory of reading, caching and one epoch at 1×, 2×, 4×, 8× a dataset.
 
 The manifest of --data_root (e.g. figshare's manifest.csv) is replicated k times (patient ids
-suffixed, so every copy is a new patient; its files are links) and each size runs in a fresh process, once with the
-cache in memory and once with the disk cache (--cache_dir, memory-mapped), so peak memory is the
-process's own. One epoch = every slice once through mritumor's SliceDataset + DataLoader with the
-training augmentation (batch 64, 1 worker), i.e. the data side of a training epoch. One JSON line
-per (scale, cache).
+suffixed, so every copy is a new patient; its files are links) and each size runs in a fresh
+process, once with the cache in memory and once with the disk cache (--cache_dir,
+memory-mapped), so memory is the process's own: peak RSS, and the largest private (anonymous)
+RSS seen, which leaves out the reclaimable file-backed pages of the memory-mapped cache. One
+epoch = every slice once through mritumor's SliceDataset + DataLoader with the training
+augmentation (batch 64, 1 worker), i.e. the data side of a training epoch. One JSON line per
+(scale, cache).
 
     .venv/bin/python benchmarks/bench_scale.py --data_root ../shared/data/figshare --image_size 128
 """
@@ -56,6 +58,17 @@ def replicate(manifest: Path, k: int, out: Path) -> Path:
     return path
 
 
+def anon_rss_mib() -> float:
+    """The process's private resident memory (RssAnon). Peak RSS also counts the pages of a
+    memory-mapped disk cache the epoch has touched; those are file-backed and the kernel drops
+    them under pressure, so RssAnon is what shows whether memory stays bounded."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def measure(manifest: str, image_size: int, cache_dir: str | None) -> dict:
     """Runs inside the child process."""
     from torch.utils.data import DataLoader
@@ -73,12 +86,14 @@ def measure(manifest: str, image_size: int, cache_dir: str | None) -> dict:
     prep = Preprocessing(image_size, infer_channels(catalog))
     cache = SliceCache.build(catalog, prep, cache_dir=cache_dir, progress=False)
     cache_s = time.perf_counter() - started
+    anon = anon_rss_mib()  # sampled after the build and after every batch; the largest is kept
     labels = LabelSpace.from_table(cache.catalog.table)
     dataset = SliceDataset(cache, range(len(cache)), labels, build_transform("train", image_size))
     loader = DataLoader(dataset, batch_size=64, shuffle=True, num_workers=1)
     started, seen = time.perf_counter(), 0
     for batch in loader:
         seen += batch["image"].shape[0]
+        anon = max(anon, anon_rss_mib())
     epoch_s = time.perf_counter() - started
     return {
         "slices": len(cache),
@@ -86,6 +101,7 @@ def measure(manifest: str, image_size: int, cache_dir: str | None) -> dict:
         "cache_s": round(cache_s, 2),
         "epoch_s": round(epoch_s, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "max_anon_rss_mib": round(anon),
     }
 
 
