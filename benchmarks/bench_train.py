@@ -27,6 +27,7 @@ import json
 import platform
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -208,12 +209,16 @@ def run_baseline(workload: str, items, n_types: int, args) -> list[float]:
     else:
         model = build_multitask_model("D", n_types, "mobilenet_v2", 1, args.image_size)
         loader = DataLoader(PlainSlices(items, args.image_size, "train"), **options)
+    # a plain loop on a GPU: float32, batches copied from the DataLoader's workers every step
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     rates = []
     for _ in range(args.epochs):
         started, seen = time.perf_counter(), 0
         for batch in loader:
+            batch = [t.to(device) if isinstance(t, torch.Tensor) else t for t in batch]
             if workload == "simclr":
                 first, second = batch
                 loss = nt_xent_loss(model(first), model(second), 0.5, gather=False)
@@ -232,6 +237,8 @@ def run_baseline(workload: str, items, n_types: int, args) -> list[float]:
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # the queued steps count in this epoch's time
         rates.append(seen / (time.perf_counter() - started))
     return rates
 
@@ -252,14 +259,27 @@ class TrainingBatchTimer(L.Callback):
         if isinstance(batch, list | tuple):
             self.seen += batch[0].shape[0]
         elif "images" in batch:
-            self.seen += int(batch["mask"].sum())
+            self.seen += batch["mask"].sum()  # a device tensor: read once, at the epoch's end
         else:
             self.seen += batch["image"].shape[0]
         self.last = time.perf_counter()
 
+    def _close(self) -> None:
+        """At the end of the training batches (before validation): on a GPU wait for the queued
+        steps, so they count in this epoch; no synchronisation inside the epoch."""
+        if self.last is None:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            self.last = time.perf_counter()
+        self.rates.append(int(self.seen) / (self.last - self.started))
+        self.last = None
+
+    def on_validation_epoch_start(self, trainer, module):
+        self._close()
+
     def on_train_epoch_end(self, trainer, module):
-        if self.last is not None:
-            self.rates.append(self.seen / (self.last - self.started))
+        self._close()
 
 
 def run_mritumor(workload: str, root: Path, out: Path, args) -> list[float]:
@@ -324,6 +344,34 @@ def run_mritumor(workload: str, root: Path, out: Path, args) -> list[float]:
     return timer.rates
 
 
+class GpuBusy:
+    """Share of time the GPU was busy while a run trained: ``nvidia-smi`` sampled every 100 ms
+    in the background (``None`` without a GPU or without ``nvidia-smi``). The run's caching and
+    evaluation are included, so this is a lower bound for the training epochs alone."""
+
+    def __enter__(self) -> GpuBusy:
+        self.samples: list[float] = []
+        self.process = None
+        if torch.cuda.is_available() and shutil.which("nvidia-smi"):
+            query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+            self.process = subprocess.Popen(
+                [*query, "-lms", "100", "-i", str(torch.cuda.current_device())],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            output, _ = self.process.communicate()
+            self.samples = [float(v) for v in output.split() if v.replace(".", "").isdigit()]
+
+    @property
+    def percent(self) -> float | None:
+        return round(statistics.mean(self.samples), 1) if self.samples else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -348,10 +396,11 @@ def main() -> None:
                 if args.only and name != args.only:
                     continue
                 started = time.perf_counter()
-                if name == "baseline":
-                    rates = run_baseline(workload, items, n_types, args)
-                else:
-                    rates = run_mritumor(workload, root, work / "runs", args)
+                with GpuBusy() as busy:
+                    if name == "baseline":
+                        rates = run_baseline(workload, items, n_types, args)
+                    else:
+                        rates = run_mritumor(workload, root, work / "runs", args)
                 steady = rates[1:] or rates
                 print(json.dumps({
                     "benchmark": "train", "workload": workload, "implementation": name,
@@ -361,6 +410,7 @@ def main() -> None:
                     "bag_size": args.bag_size if workload == "hierarchical" else None,
                     "slices": len(items), "patients": args.patients, "epochs": args.epochs,
                     "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+                    "gpu_busy_percent": busy.percent,
                     "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
                     "commit": git_commit(),
                 }), flush=True)  # fmt: skip

@@ -451,3 +451,37 @@ def test_unreadable_slice_is_skipped_and_the_bag_chosen_again(hierarchical_ckpt,
     result = run_json(capsys, "--checkpoint", str(hierarchical_ckpt), "--input", str(patient))
     names = [s["name"] for s in result["patients"][0]["slices"]]
     assert names == ["slice_000.png", "slice_002.png", "slice_003.png", "slice_004.png"]
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "mobilenet_v2", "resnet18"])
+def test_folded_batchnorm_gives_the_same_outputs(name):
+    """predict folds BatchNorm into the convolutions: same features up to float rounding, the
+    norms become Identity where they followed a convolution, the original is left untouched."""
+    from torch import nn
+
+    from mritumor.inference import fold_batchnorm
+    from mritumor.models.backbones import build_encoder
+
+    torch.manual_seed(0)
+    encoder = build_encoder(name, 1)
+    for module in encoder.modules():  # non-trivial running statistics and affine parameters
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    encoder.eval()
+    folded = fold_batchnorm(encoder)
+    norms = lambda m: sum(isinstance(x, nn.BatchNorm2d) for x in m.modules())  # noqa: E731
+    before, after = norms(encoder), norms(folded)
+    if name == "resnet18":  # conv1/bn1 pairs live outside Sequentials: only downsample folds
+        assert 0 < before - after < before
+    else:
+        assert before > 0 and after == 0
+    x = torch.randn(3, 1, 64, 64)
+    with torch.no_grad():
+        expected, got = encoder(x), folded(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert norms(encoder) == before  # the original keeps its norms
+    with pytest.raises(ValueError, match="eval-mode"):
+        fold_batchnorm(encoder.train())

@@ -112,6 +112,36 @@ def load_model(path: str | Path) -> LoadedModel:
         ) from error
 
 
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of an eval-mode ``model`` with every BatchNorm that directly follows a convolution
+    in a ``Sequential`` folded into that convolution (``torch.nn.utils.fusion``), the norm left
+    as an ``Identity`` so module names and indices stay. Same outputs up to float rounding, and
+    1.4–1.9× faster CPU inference for small_cnn/mobilenet_v2 (``benchmarks/RESULTS.md``).
+    Pairs outside a ``Sequential`` (ResNet's ``conv1``/``bn1``) are left as they are."""
+    from copy import deepcopy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if model.training:
+        raise ValueError("fold_batchnorm needs an eval-mode model: training norms use batch statistics")  # fmt: skip
+    folded = deepcopy(model)
+    for container in folded.modules():
+        if not isinstance(container, nn.Sequential):
+            continue
+        names = list(container._modules)
+        for first, second in zip(names, names[1:], strict=False):
+            conv, norm = container._modules[first], container._modules[second]
+            if (
+                isinstance(conv, nn.Conv2d)
+                and type(norm) is nn.BatchNorm2d
+                and norm.track_running_stats
+                and conv.out_channels == norm.num_features
+            ):
+                container._modules[first] = fuse_conv_bn_eval(conv, norm)
+                container._modules[second] = nn.Identity()
+    return folded
+
+
 def preprocessing_of(checkpoint: dict) -> Preprocessing:
     """The exact preprocessing of the training cache (image size, channels, clipping)."""
     values = checkpoint.get("preprocessing") or {}

@@ -46,7 +46,7 @@ from mritumor.data.cache import preprocess_image
 from mritumor.data.catalog import natural_key
 from mritumor.data.datasets import bag_positions
 from mritumor.errors import DataError, MritumorError
-from mritumor.inference import LoadedModel, check_channels, load_model
+from mritumor.inference import LoadedModel, check_channels, fold_batchnorm, load_model
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,9 @@ class Predictor:
         self.channels_last = channels_last
         if channels_last:  # about twice as fast convolutions on CPU (oneDNN's native layout)
             loaded.model.to_channels_last()
+        # the network predict runs: BatchNorm folded into the convolutions (a copy: explain's
+        # hooks and the checkpoint's modules stay on loaded.model)
+        self.model = fold_batchnorm(loaded.model)
 
     def header(self) -> dict:
         loaded = self.loaded
@@ -346,7 +349,7 @@ class Predictor:
 
         labels = self.loaded.labels
         mask = torch.ones(1, len(used), dtype=torch.bool)
-        outputs = self.loaded.model(images[None], mask)
+        outputs = self.model(images[None], mask)
         probs = hierarchical_probabilities(
             outputs["type_logits"], outputs["grade_logits"], self.temperature
         )
@@ -368,7 +371,7 @@ class Predictor:
         return result
 
     def _multitask(self, images, used, sizes) -> tuple[dict, list[np.ndarray] | None]:
-        model, labels = self.loaded.model, self.loaded.labels
+        model, labels = self.model, self.loaded.labels
         logits, masks = [], []
         for chunk in images.split(CHUNK):
             if self.channels_last:
