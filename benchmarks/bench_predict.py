@@ -1,8 +1,9 @@
 """Latency of `mritumor predict` for one patient (a folder of 16 slices), printed as one JSON line.
 
-Two figures: in-process (model loaded once, as a service would: decode + preprocess + forward of
-one patient, median of --repeats calls; read_ms_median is the decode + preprocess part alone) and the command line (a fresh `mritumor predict` process:
-Python and torch start-up, checkpoint loading, the patient, the JSON). Without --checkpoint a
+Two figures: in-process (model loaded once, as a service would: decode + preprocess + forward
+of one patient, median of --repeats calls; read_ms_median is the decode + preprocess part
+alone) and the command line (a fresh `mritumor predict` process: Python and torch start-up,
+checkpoint loading, the patient, the JSON). Without --checkpoint a
 two-step model (--backbone, --image_size) is trained for one epoch on a small synthetic cohort
 first: latency does not depend on the weights.
 
