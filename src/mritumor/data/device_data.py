@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from mritumor.data.batch_augment import BatchAugment
+from mritumor.data.datasets import bag_positions
 
 if TYPE_CHECKING:
     from mritumor.data.cache import SliceCache
@@ -123,11 +124,14 @@ class _DeviceBatches:
         generator.manual_seed((self.seed * _SEED_STRIDE + self.epoch) % (2**63))
         return generator
 
-    def _index_batches(self, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+    def _order(self, generator: torch.Generator | None) -> torch.Tensor:
+        """The epoch's item order (a permutation, or 0..n-1 without shuffling)."""
         if self.shuffle:
-            order = torch.randperm(self.n, generator=generator, device=self.device)
-        else:
-            order = torch.arange(self.n, device=self.device)
+            return torch.randperm(self.n, generator=generator, device=self.device)
+        return torch.arange(self.n, device=self.device)
+
+    def _index_batches(self, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+        order = self._order(generator)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             yield order[start : start + self.batch_size]
 
@@ -305,8 +309,6 @@ class DeviceBagLoader(_DeviceBatches):
         device: torch.device | str = "cpu",
         seed: int | None = 0,
     ) -> None:
-        from mritumor.data.datasets import bag_positions
-
         n_patients = len(patient_slices)
         super().__init__(n_patients, batch_size, shuffle, drop_last, augment, device, seed)
         if bag_size < 1:
@@ -358,13 +360,10 @@ class DeviceBagLoader(_DeviceBatches):
             **kwargs,
         )
 
-    def _index_batches(self, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+    def _order(self, generator: torch.Generator | None) -> torch.Tensor:
         if self.weights is None:
-            yield from super()._index_batches(generator)
-            return
-        order = torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield order[start : start + self.batch_size]
+            return super()._order(generator)
+        return torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
 
     def _bag_slices(self, patients: torch.Tensor, generator: torch.Generator | None):
         """(B, L) indices into ``images`` (-1 = padding) and the (B, L) mask of real slices."""
