@@ -10,7 +10,11 @@ the network:
   torchvision transforms per item, a standard `DataLoader` (same number of workers as mritumor
   picks), a hand-written loop (AdamW, float32, contiguous NCHW tensors);
 * mritumor: the real command (`pretrain`, `train-hierarchical`, `train-multitask --variant D`),
-  i.e. preprocessed tensors cached once, channels-last, its loaders and Lightning loop.
+  i.e. preprocessed tensors cached once, channels-last, its loaders and Lightning loop;
+* network_*: the baseline's network and loop on one random batch, repeated: no reading,
+  decoding or augmentation, so the ceiling any data path can reach with that layout and
+  precision (nchw: the baseline's arithmetic; channels_last: mritumor's on CPU; compile and
+  bf16: the CPU options mritumor does not take by default, measured to show why).
 
 Throughput is training slices per second during the training batches of each epoch (validation,
 data caching and evaluation excluded), median over the epochs after the first (warm-up).
@@ -186,32 +190,51 @@ class PlainMeanBag(nn.Module):
         return self.head(slices.view(b, n, -1).mean(1))
 
 
+def baseline_model(workload: str, n_types: int, args) -> nn.Module:
+    if workload == "simclr":
+        return PlainSimCLR()
+    if workload == "hierarchical":
+        return PlainMeanBag(n_types)
+    return build_multitask_model("D", n_types, "mobilenet_v2", 1, args.image_size)
+
+
+def training_loss(workload: str, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
+    """The workload's loss on one batch and the number of slices it counts."""
+    if workload == "simclr":
+        first, second = batch
+        return nt_xent_loss(model(first), model(second), 0.5, gather=False), first.shape[0]
+    if workload == "hierarchical":
+        bags, labels = batch
+        return F.cross_entropy(model(bags), labels), bags.shape[0] * bags.shape[1]
+    images, masks, labels = batch
+    out = model(images)
+    loss = F.binary_cross_entropy_with_logits(out["mask_logits"], masks)
+    return loss + F.cross_entropy(out["class_logits"], labels), images.shape[0]
+
+
+def batch_size_of(workload: str, args) -> int:
+    return 2 if workload == "hierarchical" else args.batch_size
+
+
 def run_baseline(workload: str, items, n_types: int, args) -> list[float]:
     torch.manual_seed(0)
     workers = default_workers(-1)
     options = {
-        "batch_size": args.batch_size,
+        "batch_size": batch_size_of(workload, args),
         "shuffle": True,
         "num_workers": workers,
         "drop_last": True,
     }
     if workload == "simclr":
-        model, loader = (
-            PlainSimCLR(),
-            DataLoader(PlainSlices(items, args.image_size, "ssl"), **options),
-        )
+        dataset = PlainSlices(items, args.image_size, "ssl")
     elif workload == "hierarchical":
-        options["batch_size"] = 2
-        model, loader = (
-            PlainMeanBag(n_types),
-            DataLoader(PlainBags(items, args.image_size, args.bag_size), **options),
-        )
+        dataset = PlainBags(items, args.image_size, args.bag_size)
     else:
-        model = build_multitask_model("D", n_types, "mobilenet_v2", 1, args.image_size)
-        loader = DataLoader(PlainSlices(items, args.image_size, "train"), **options)
+        dataset = PlainSlices(items, args.image_size, "train")
+    loader = DataLoader(dataset, **options)
     # a plain loop on a GPU: float32, batches copied from the DataLoader's workers every step
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    model = baseline_model(workload, n_types, args).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     rates = []
@@ -219,27 +242,73 @@ def run_baseline(workload: str, items, n_types: int, args) -> list[float]:
         started, seen = time.perf_counter(), 0
         for batch in loader:
             batch = [t.to(device) if isinstance(t, torch.Tensor) else t for t in batch]
-            if workload == "simclr":
-                first, second = batch
-                loss = nt_xent_loss(model(first), model(second), 0.5, gather=False)
-                seen += first.shape[0]
-            elif workload == "hierarchical":
-                bags, labels = batch
-                loss = F.cross_entropy(model(bags), labels)
-                seen += bags.shape[0] * bags.shape[1]
-            else:
-                images, masks, labels = batch
-                out = model(images)
-                loss = F.binary_cross_entropy_with_logits(
-                    out["mask_logits"], masks
-                ) + F.cross_entropy(out["class_logits"], labels)
-                seen += images.shape[0]
+            loss, slices = training_loss(workload, model, batch)
+            seen += slices
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
         if device.type == "cuda":
             torch.cuda.synchronize()  # the queued steps count in this epoch's time
         rates.append(seen / (time.perf_counter() - started))
+    return rates
+
+
+# ------------------------------------------------------------------ the network alone
+
+NETWORK_MODES = ("nchw", "channels_last", "channels_last_compile", "channels_last_bf16")
+
+
+def random_batch(workload: str, n_types: int, args, device, channels_last: bool):
+    """One batch of the workload's shapes, drawn once: what the network computes on, with no
+    reading, decoding or augmentation at all."""
+    size, b = args.image_size, batch_size_of(workload, args)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+
+    def images(n: int) -> torch.Tensor:
+        return torch.rand(n, 1, size, size, device=device).contiguous(memory_format=layout)
+
+    labels = torch.randint(0, n_types, (b,), device=device)
+    if workload == "simclr":
+        return images(b), images(b)
+    if workload == "hierarchical":
+        bags = images(b * args.bag_size).view(b, args.bag_size, 1, size, size)
+        return bags, labels
+    masks = (torch.rand(b, 1, size, size, device=device) > 0.8).float()
+    return images(b), masks.contiguous(memory_format=layout), labels
+
+
+def run_network(workload: str, items, n_types: int, args, mode: str) -> list[float]:
+    """The baseline's network and loop on one random batch repeated, as many steps per epoch as
+    the baseline takes: the arithmetic alone, i.e. the most any data path can reach with this
+    layout and precision. ``mode``: NCHW float32 (the baseline's arithmetic), channels-last
+    float32 (mritumor's on CPU), and the two CPU options mritumor does not take by default,
+    ``torch.compile`` and bf16 autocast (measured to show why)."""
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    channels_last = mode != "nchw"
+    model = baseline_model(workload, n_types, args).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    network = torch.compile(model) if mode.endswith("compile") else model
+    batch = random_batch(workload, n_types, args, device, channels_last)
+    steps = len(items) // batch_size_of(workload, args)
+    if workload == "hierarchical":
+        steps = len({item[3] for item in items}) // batch_size_of(workload, args)
+    rates = []
+    for epoch in range(args.epochs + 1):  # epoch 0 warms up (and compiles): not reported
+        started, seen = time.perf_counter(), 0
+        for _ in range(steps if epoch else 1):
+            with torch.autocast(device.type, torch.bfloat16, enabled=mode.endswith("bf16")):
+                loss, slices = training_loss(workload, network, batch)
+            seen += slices
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if epoch:
+            rates.append(seen / (time.perf_counter() - started))
     return rates
 
 
@@ -251,6 +320,7 @@ class TrainingBatchTimer(L.Callback):
 
     def __init__(self):
         self.rates: list[float] = []
+        self.last = None  # no training batch yet (the sanity check validates before any)
 
     def on_train_epoch_start(self, trainer, module):
         self.started, self.last, self.seen = time.perf_counter(), None, 0
@@ -383,7 +453,13 @@ def main() -> None:
     parser.add_argument("--bag_size", type=int, default=8)
     parser.add_argument("--patients", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--only", choices=("baseline", "mritumor"), default=None)
+    parser.add_argument(
+        "--implementations",
+        nargs="+",
+        default=["baseline", "mritumor", "network_nchw", "network_channels_last"],
+        choices=["baseline", "mritumor", *(f"network_{mode}" for mode in NETWORK_MODES)],
+        help="network_*: the baseline's network on a repeated random batch (no data path)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
@@ -392,21 +468,22 @@ def main() -> None:
         items = slice_files(root)
         n_types = len({item[2] for item in items})
         for workload in args.workload:
-            for name in ("baseline", "mritumor"):
-                if args.only and name != args.only:
-                    continue
+            for name in args.implementations:
                 started = time.perf_counter()
                 with GpuBusy() as busy:
                     if name == "baseline":
                         rates = run_baseline(workload, items, n_types, args)
-                    else:
+                    elif name == "mritumor":
                         rates = run_mritumor(workload, root, work / "runs", args)
+                    else:
+                        mode = name.removeprefix("network_")
+                        rates = run_network(workload, items, n_types, args, mode)
                 steady = rates[1:] or rates
                 print(json.dumps({
                     "benchmark": "train", "workload": workload, "implementation": name,
                     "slices_per_s": round(statistics.median(steady), 2),
                     "per_epoch": [round(r, 2) for r in rates], "wall_s": round(time.perf_counter() - started, 1),
-                    "image_size": args.image_size, "batch_size": 2 if workload == "hierarchical" else args.batch_size,
+                    "image_size": args.image_size, "batch_size": batch_size_of(workload, args),
                     "bag_size": args.bag_size if workload == "hierarchical" else None,
                     "slices": len(items), "patients": args.patients, "epochs": args.epochs,
                     "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
