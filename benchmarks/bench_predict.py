@@ -2,7 +2,8 @@
 
 Two figures: in-process (model loaded once, as a service would: decode + preprocess + forward
 of one patient, median of --repeats calls; read_ms_median is the decode + preprocess part
-alone) and the command line (a fresh `mritumor predict` process: Python and torch start-up,
+alone, forward_ms_median the network's forward pass alone on the decoded bag: the floor no
+data path can go under) and the command line (a fresh `mritumor predict` process: Python and torch start-up,
 checkpoint loading, the patient, the JSON). Without --checkpoint a
 two-step model (--backbone, --image_size) is trained for one epoch on a small synthetic cohort
 first: latency does not depend on the weights.
@@ -80,7 +81,9 @@ def main() -> None:
         predictor = Predictor(loaded)
         (patient,) = discover(folder)
         predictor(patient)  # warm-up: first oneDNN primitive creation
-        latencies, reading = [], []
+        latencies, reading, forward = [], [], []
+        images = predictor.read(patient)[0][None]
+        present = torch.ones(images.shape[:2], dtype=torch.bool)
         for _ in range(args.repeats):
             started = time.perf_counter()
             record = predictor(patient).record
@@ -88,6 +91,10 @@ def main() -> None:
             started = time.perf_counter()
             predictor.read(patient)  # the decoding + preprocessing part alone
             reading.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            with torch.inference_mode():
+                predictor.model(images, present)
+            forward.append(time.perf_counter() - started)
 
         command = [str(Path(sys.executable).parent / "mritumor"), "-q", "predict"]
         command += ["--checkpoint", str(checkpoint), "--input", str(folder)]
@@ -106,6 +113,7 @@ def main() -> None:
                     "in_process_latency_ms_median": round(1000 * statistics.median(latencies), 1),
                     "in_process_latency_ms_min": round(1000 * min(latencies), 1),
                     "read_ms_median": round(1000 * statistics.median(reading), 1),
+                    "forward_ms_median": round(1000 * statistics.median(forward), 1),
                     "model_load_ms": round(1000 * load_s, 1),
                     "command_line_s_median": round(statistics.median(cli), 2),
                     "threads": torch.get_num_threads(),

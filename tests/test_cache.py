@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from conftest import write_png
+from mritumor.data import cache as cache_module
 from mritumor.data import io
 from mritumor.data.cache import (
     Preprocessing,
     SliceCache,
+    available_memory,
     cache_key,
     preprocess_image,
     resize_square,
@@ -81,6 +83,39 @@ def test_disk_cache_is_reused_and_invalidated(folder_tree: Path, tmp_path: Path,
     assert cache_key(read_catalog(folder_tree), prep) != key_before
     SliceCache.build(read_catalog(folder_tree), prep, cache_dir=tmp_path / "c", progress=False)
     assert len(decoded) == 36  # changed mtime → rebuilt
+
+
+def test_cache_goes_to_disk_when_memory_would_not_hold_it(
+    folder_tree: Path, tmp_path: Path, monkeypatch
+):
+    catalog = read_catalog(folder_tree)
+    prep = Preprocessing(image_size=32, channels=1)
+    needed = len(catalog) * 32 * 32 * 3  # float16 images + uint8 masks
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cache_module, "available_memory", lambda: 2 * needed + 2)
+    in_memory = SliceCache.build(catalog, prep, progress=False)
+    assert not isinstance(in_memory.images, np.memmap)
+    assert not (tmp_path / "mritumor").exists()
+    monkeypatch.setattr(cache_module, "available_memory", lambda: 2 * needed - 2)
+    on_disk = SliceCache.build(catalog, prep, progress=False)
+    assert isinstance(on_disk.images, np.memmap)
+    assert (tmp_path / "mritumor" / cache_key(catalog, prep) / "images.npy").is_file()
+    np.testing.assert_array_equal(np.asarray(on_disk.images), in_memory.images)
+
+
+def test_available_memory_reads_meminfo_and_the_cgroup_limit(tmp_path: Path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 8000 kB\nMemFree: 100 kB\nMemAvailable: 5000 kB\n")
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    assert available_memory(meminfo, cgroup) == 5000 * 1024  # no cgroup files: MemAvailable
+    (cgroup / "memory.max").write_text("max\n")
+    (cgroup / "memory.current").write_text("1000\n")
+    assert available_memory(meminfo, cgroup) == 5000 * 1024  # unlimited
+    (cgroup / "memory.max").write_text("3000000\n")
+    assert available_memory(meminfo, cgroup) == 3000000 - 1000  # the job's limit binds
+    (cgroup / "memory.current").write_text("4000000\n")
+    assert available_memory(meminfo, cgroup) == 0
 
 
 def test_failed_slices_are_remembered_by_the_disk_cache(folder_tree: Path, tmp_path: Path):

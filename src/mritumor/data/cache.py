@@ -136,9 +136,15 @@ class SliceCache:
         """Decode every slice once (threads: PIL and zlib release the GIL). Undecodable slices
         are dropped from the returned cache's catalog and recorded as problems."""
         n = len(catalog)
-        if cache_dir is None and _bytes_needed(n, prep) > 0.5 * _available_memory():
-            cache_dir = Path.home() / ".cache" / "mritumor"
-            log.info("cache would not fit comfortably in memory; using disk cache %s", cache_dir)
+        needed = _bytes_needed(n, prep)
+        if cache_dir is None and needed > 0.5 * available_memory():
+            cache_dir = default_cache_dir()
+            log.info(
+                "the preprocessed slices (%.1f GiB) would take more than half of the available "
+                "memory; caching them on disk in %s instead (choose with --cache_dir)",
+                needed / 2**30,
+                cache_dir,
+            )
         key = cache_key(catalog, prep)
         if cache_dir is not None:
             check_writable(cache_dir, "cache folder (--cache_dir)")
@@ -281,11 +287,39 @@ def _bytes_needed(n: int, prep: Preprocessing) -> int:
     return n * prep.image_size**2 * (2 * prep.channels + 1)
 
 
-def _available_memory() -> int:
+def default_cache_dir() -> Path:
+    """Where the cache goes when it is not given and memory would not hold it."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mritumor"
+
+
+def available_memory(
+    meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")
+) -> int:
+    """Bytes this process could still take without swapping: Linux's MemAvailable (free memory
+    plus reclaimable page cache; MemFree alone is near zero after reading many files), bounded
+    by the container's cgroup-v2 limit (a batch job's limit is usually far below the host's
+    memory). Elsewhere the free pages sysconf reports, or 8 GiB when even that is unknown."""
+    available = None
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            available = 8 << 30
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((cgroup / "memory.current").read_text())
+            available = min(available, max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return available
 
 
 def _allocate(n: int, prep: Preprocessing, folder: Path | None):

@@ -29,7 +29,6 @@ Every process iterates over all its slices: there is no sharding across DDP rank
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from mritumor.data.batch_augment import BatchAugment
+from mritumor.data.cache import available_memory
 from mritumor.data.datasets import bag_positions
 
 if TYPE_CHECKING:
@@ -72,15 +72,8 @@ def fits_on_device(
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return n_bytes <= fraction * free
-    budget = fraction * _available_memory() if cpu_budget is None else cpu_budget
+    budget = fraction * available_memory() if cpu_budget is None else cpu_budget
     return n_bytes <= budget
-
-
-def _available_memory() -> int:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
 
 
 def _on(device: torch.device, array, dtype: torch.dtype | None = None) -> torch.Tensor:
