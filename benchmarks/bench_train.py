@@ -27,11 +27,13 @@ A hierarchical bag counts its slices; a SimCLR pair counts one slice (two views)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -402,6 +404,7 @@ def run_mritumor(workload: str, root: Path, out: Path, args) -> list[float]:
             "--n_boot",
             "10",
         ]
+    argv += args.mritumor_flags.split()
     modules = [ssl_task, hierarchical_task, multitask_task]
     for module in modules:
         module.build_trainer = with_timer
@@ -460,39 +463,63 @@ def main() -> None:
         choices=["baseline", "mritumor", *(f"network_{mode}" for mode in NETWORK_MODES)],
         help="network_*: the baseline's network on a repeated random batch (no data path)",
     )
+    parser.add_argument(
+        "--mritumor_flags",
+        default="",
+        help="extra flags for the mritumor commands, e.g. '--num_workers 0'",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs of each (workload, implementation)"
+    )
+    parser.add_argument("--png_root", default=None, help=argparse.SUPPRESS)  # one child run
     args = parser.parse_args()
-
+    if args.png_root:
+        run_one(args, Path(args.png_root))
+        return
+    # Each (workload, implementation) runs in a fresh process, in turn: a run in a process
+    # that already trained another network was up to 25 % slower (allocator and thread-pool
+    # state), which would favour whichever side runs first.
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:
         root = export_pngs(args.data_root, work / "data", args.patients, seed=0)
-        items = slice_files(root)
-        n_types = len({item[2] for item in items})
-        for workload in args.workload:
-            for name in args.implementations:
-                started = time.perf_counter()
-                with GpuBusy() as busy:
-                    if name == "baseline":
-                        rates = run_baseline(workload, items, n_types, args)
-                    elif name == "mritumor":
-                        rates = run_mritumor(workload, root, work / "runs", args)
-                    else:
-                        mode = name.removeprefix("network_")
-                        rates = run_network(workload, items, n_types, args, mode)
-                steady = rates[1:] or rates
-                print(json.dumps({
-                    "benchmark": "train", "workload": workload, "implementation": name,
-                    "slices_per_s": round(statistics.median(steady), 2),
-                    "per_epoch": [round(r, 2) for r in rates], "wall_s": round(time.perf_counter() - started, 1),
-                    "image_size": args.image_size, "batch_size": batch_size_of(workload, args),
-                    "bag_size": args.bag_size if workload == "hierarchical" else None,
-                    "slices": len(items), "patients": args.patients, "epochs": args.epochs,
-                    "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
-                    "gpu_busy_percent": busy.percent,
-                    "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-                    "commit": git_commit(),
-                }), flush=True)  # fmt: skip
+        for _ in range(args.repeats):
+            for workload in args.workload:
+                for name in args.implementations:
+                    child = [sys.executable, __file__, *sys.argv[1:], "--png_root", str(root)]
+                    child += ["--workload", workload, "--implementations", name]
+                    subprocess.run(child, check=True, stdout=sys.stdout)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_one(args, root: Path) -> None:
+    """One (workload, implementation) on an exported folder; prints its JSON line."""
+    (workload,), (name,) = args.workload, args.implementations
+    items = slice_files(root)
+    n_types = len({item[2] for item in items})
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_train_run_") as runs, GpuBusy() as busy:
+        if name == "baseline":
+            rates = run_baseline(workload, items, n_types, args)
+        elif name == "mritumor":
+            with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON lines
+                rates = run_mritumor(workload, root, Path(runs), args)
+        else:
+            rates = run_network(workload, items, n_types, args, name.removeprefix("network_"))
+    steady = rates[1:] or rates
+    print(json.dumps({
+        "benchmark": "train", "workload": workload, "implementation": name,
+        "mritumor_flags": args.mritumor_flags if name == "mritumor" else None,
+        "slices_per_s": round(statistics.median(steady), 2),
+        "per_epoch": [round(r, 2) for r in rates], "wall_s": round(time.perf_counter() - started, 1),
+        "image_size": args.image_size, "batch_size": batch_size_of(workload, args),
+        "bag_size": args.bag_size if workload == "hierarchical" else None,
+        "slices": len(items), "patients": args.patients, "epochs": args.epochs,
+        "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+        "gpu_busy_percent": busy.percent,
+        "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "commit": git_commit(),
+    }), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
