@@ -239,20 +239,20 @@ def run_baseline(workload: str, items, n_types: int, args) -> list[float]:
     model = baseline_model(workload, n_types, args).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
-    rates = []
+    epochs = []
     for _ in range(args.epochs):
-        started, seen = time.perf_counter(), 0
+        started, seen, items = time.perf_counter(), 0, 0
         for batch in loader:
             batch = [t.to(device) if isinstance(t, torch.Tensor) else t for t in batch]
             loss, slices = training_loss(workload, model, batch)
-            seen += slices
+            seen, items = seen + slices, items + batch[0].shape[0]
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
         if device.type == "cuda":
             torch.cuda.synchronize()  # the queued steps count in this epoch's time
-        rates.append(seen / (time.perf_counter() - started))
-    return rates
+        epochs.append((seen, items, time.perf_counter() - started))
+    return epochs
 
 
 # ------------------------------------------------------------------ the network alone
@@ -297,21 +297,21 @@ def run_network(workload: str, items, n_types: int, args, mode: str) -> list[flo
     steps = len(items) // batch_size_of(workload, args)
     if workload == "hierarchical":
         steps = len({item[3] for item in items}) // batch_size_of(workload, args)
-    rates = []
+    epochs = []
     for epoch in range(args.epochs + 1):  # epoch 0 warms up (and compiles): not reported
-        started, seen = time.perf_counter(), 0
+        started, seen, items = time.perf_counter(), 0, 0
         for _ in range(steps if epoch else 1):
             with torch.autocast(device.type, torch.bfloat16, enabled=mode.endswith("bf16")):
                 loss, slices = training_loss(workload, network, batch)
-            seen += slices
+            seen, items = seen + slices, items + batch[0].shape[0]
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         if epoch:
-            rates.append(seen / (time.perf_counter() - started))
-    return rates
+            epochs.append((seen, items, time.perf_counter() - started))
+    return epochs
 
 
 # ------------------------------------------------------------------ mritumor's command
@@ -321,19 +321,22 @@ class TrainingBatchTimer(L.Callback):
     """Slices per second over each epoch's training batches (validation excluded)."""
 
     def __init__(self):
-        self.rates: list[float] = []
+        self.epochs: list[tuple[int, int, float]] = []  # (slices, batch items, seconds)
         self.last = None  # no training batch yet (the sanity check validates before any)
 
     def on_train_epoch_start(self, trainer, module):
-        self.started, self.last, self.seen = time.perf_counter(), None, 0
+        self.started, self.last, self.seen, self.items = time.perf_counter(), None, 0, 0
 
     def on_train_batch_end(self, trainer, module, outputs, batch, index):
         if isinstance(batch, list | tuple):
             self.seen += batch[0].shape[0]
+            self.items += batch[0].shape[0]
         elif "images" in batch:
             self.seen += batch["mask"].sum()  # a device tensor: read once, at the epoch's end
+            self.items += batch["images"].shape[0]
         else:
             self.seen += batch["image"].shape[0]
+            self.items += batch["image"].shape[0]
         self.last = time.perf_counter()
 
     def _close(self) -> None:
@@ -344,7 +347,7 @@ class TrainingBatchTimer(L.Callback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
             self.last = time.perf_counter()
-        self.rates.append(int(self.seen) / (self.last - self.started))
+        self.epochs.append((int(self.seen), self.items, self.last - self.started))
         self.last = None
 
     def on_validation_epoch_start(self, trainer, module):
@@ -414,7 +417,7 @@ def run_mritumor(workload: str, root: Path, out: Path, args) -> list[float]:
     finally:
         for module in modules:
             module.build_trainer = build
-    return timer.rates
+    return timer.epochs
 
 
 class GpuBusy:
@@ -500,18 +503,23 @@ def run_one(args, root: Path) -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_train_run_") as runs, GpuBusy() as busy:
         if name == "baseline":
-            rates = run_baseline(workload, items, n_types, args)
+            epochs = run_baseline(workload, items, n_types, args)
         elif name == "mritumor":
             with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON lines
-                rates = run_mritumor(workload, root, Path(runs), args)
+                epochs = run_mritumor(workload, root, Path(runs), args)
         else:
-            rates = run_network(workload, items, n_types, args, name.removeprefix("network_"))
-    steady = rates[1:] or rates
+            epochs = run_network(workload, items, n_types, args, name.removeprefix("network_"))
+    rates = [seen / seconds for seen, _, seconds in epochs]
+    steady = epochs[1:] or epochs
     print(json.dumps({
         "benchmark": "train", "workload": workload, "implementation": name,
         "mritumor_flags": args.mritumor_flags if name == "mritumor" else None,
-        "slices_per_s": round(statistics.median(steady), 2),
-        "per_epoch": [round(r, 2) for r in rates], "wall_s": round(time.perf_counter() - started, 1),
+        "slices_per_s": round(statistics.median(seen / seconds for seen, _, seconds in steady), 2),
+        "patients_per_s": round(statistics.median(n / seconds for _, n, seconds in steady), 3)
+        if workload == "hierarchical" else None,
+        "epoch_s": round(statistics.median(seconds for *_, seconds in steady), 2),
+        "per_epoch": [round(r, 2) for r in rates],
+        "slices_per_epoch": [seen for seen, *_ in epochs], "wall_s": round(time.perf_counter() - started, 1),
         "image_size": args.image_size, "batch_size": batch_size_of(workload, args),
         "bag_size": args.bag_size if workload == "hierarchical" else None,
         "slices": len(items), "patients": args.patients, "epochs": args.epochs,

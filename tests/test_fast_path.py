@@ -12,7 +12,7 @@ import torch
 
 from mritumor.checkpoints import load_checkpoint
 from mritumor.cli import main
-from mritumor.data import fast_path
+from mritumor.data import device_data, fast_path
 from mritumor.data.device_data import DevicePairLoader, DeviceSliceLoader
 from mritumor.data.synthetic import write_synthetic_dataset
 from mritumor.errors import MritumorError
@@ -29,9 +29,13 @@ def args(**overrides) -> argparse.Namespace:
     return argparse.Namespace(**{**values, **overrides})
 
 
-def test_auto_keeps_the_dataloader_on_cpu_and_off_always_does():
-    assert fast_path.training_data_device(args(), 100, 1, True) is None
+def test_auto_keeps_small_data_in_cpu_memory_and_off_never_does(monkeypatch):
+    assert fast_path.training_data_device(args(), 100, 1, True) == torch.device("cpu")
     assert fast_path.training_data_device(args(data_on_device="off"), 100, 1, True) is None
+    # a training set larger than half the available memory goes through the DataLoader
+    monkeypatch.setattr(device_data, "available_memory", lambda: 2 * 100 * 32 * 32 * 3 - 2)
+    assert fast_path.training_data_device(args(), 100, 1, True) is None
+    assert fast_path.training_data_device(args(), 99, 1, True) == torch.device("cpu")
 
 
 def test_on_uses_the_single_device_and_never_a_ddp_run(caplog):

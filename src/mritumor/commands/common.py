@@ -170,7 +170,7 @@ def add_data_on_device_flag(parser: argparse.ArgumentParser) -> None:
         "--data_on_device",
         choices=("auto", "on", "off"),
         default="auto",
-        help="auto: keep the training slices on the GPU and augment them there in batches when "
-        "the run uses one GPU and they fit in half its free memory; on: always (also on CPU); "
-        "off: always the DataLoader with CPU workers",
+        help="auto: keep the training slices in the training device's memory (GPU, or the CPU "
+        "process) and augment them there in batches when the run is one process and they fit "
+        "in half the free memory; on: always; off: always the DataLoader with worker processes",
     )

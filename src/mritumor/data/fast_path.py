@@ -1,17 +1,24 @@
 """Which path the training batches take: device-resident (fast) or the DataLoader (general).
 
-``--data_on_device auto`` (the default) keeps the whole cached training set on the GPU and cuts
-and augments batches there (:mod:`mritumor.data.device_data`) when that is safe:
+``--data_on_device auto`` (the default) keeps the whole cached training set in the training
+device's memory (the GPU's, or on a CPU run the process's own) and cuts and augments batches
+there (:mod:`mritumor.data.device_data`) when that is safe:
 
-* the run uses one CUDA device (the device loaders do not shard across DDP processes, so with
-  several devices every process would see every slice: those runs keep the DataLoader and its
+* the run is one process on one device (the device loaders do not shard across DDP processes,
+  so with several every process would see every slice: those runs keep the DataLoader and its
   distributed sampler);
-* the slices take at most half of the device's free memory (figshare at 224 px: about 0.3 GB).
+* the slices take at most half of the device's free memory (GPU) or of the available memory
+  (CPU; figshare at 224 px: about 0.3 GB). A cache too large for memory stays on disk and is
+  read by the DataLoader.
+
+On the CPU this is faster too (measured on 2 cores, ``benchmarks/RESULTS.md``: 15–27 % more
+slices per second than one DataLoader worker): a worker process competes with the training
+threads for the same cores, and a parallel region waits for its slowest thread, while batched
+augmentation runs on those threads between the steps.
 
 Otherwise batches come from the DataLoader (worker processes augment per slice on the CPU).
-``on`` forces the device path, on the CPU too (the tests use that; on 2 CPU cores it is not
-faster: there is no copy to save and batched augmentation does more arithmetic per slice);
-``off`` forces the DataLoader. Both paths draw augmentations from the same distributions
+``on`` forces the device path (an error when the slices do not fit); ``off`` forces the
+DataLoader. Both paths draw augmentations from the same distributions
 (``tests/test_batch_augment.py``); device batches draw from the global generators, which
 :class:`mritumor.training.EpochSeeding` re-seeds every epoch, so ``--resume`` stays exact.
 """
@@ -87,12 +94,16 @@ def training_data_device(
                 f"{needed / 2**30:.2f} GiB, more than {device} has free; use auto or off"
             )
         return device
-    if device.type != "cuda":
-        return None
     if not fits_on_device(needed, device):
         log.info(
-            "training slices (%.2f GiB) stay on the host: too large for %s", needed / 2**30, device
+            "training slices (%.2f GiB) go through the DataLoader: too large for %s's memory",
+            needed / 2**30,
+            device,
         )
         return None
-    log.info("training slices (%.2f GiB) kept on %s, augmented there", needed / 2**30, device)
+    log.info(
+        "training slices (%.2f GiB) kept in %s memory, augmented there in batches",
+        needed / 2**30,
+        device,
+    )
     return device
