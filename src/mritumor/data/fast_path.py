@@ -11,8 +11,8 @@ there (:mod:`mritumor.data.device_data`) when that is safe:
   (CPU; figshare at 224 px: about 0.3 GB). A cache too large for memory stays on disk and is
   read by the DataLoader.
 
-On the CPU this is faster too (measured on 2 cores, ``benchmarks/RESULTS.md``: 15–27 % more
-slices per second than one DataLoader worker): a worker process competes with the training
+On the CPU this is faster too (measured on 2 cores, ``benchmarks/RESULTS.md``: 22–43 % more
+throughput than one DataLoader worker): a worker process competes with the training
 threads for the same cores, and a parallel region waits for its slowest thread, while batched
 augmentation runs on those threads between the steps.
 
