@@ -9,7 +9,7 @@ there (:mod:`mritumor.data.device_data`) when that is safe:
   distributed sampler);
 * the slices take at most half of the device's free memory (GPU) or of the available memory
   (CPU; figshare at 224 px: about 0.3 GB). A cache too large for memory stays on disk and is
-  read by the DataLoader.
+  read by the DataLoader; a disk cache that fits is copied into memory (``off`` avoids that).
 
 On the CPU this is faster too (measured on 2 cores, ``benchmarks/RESULTS.md``: 22–43 % more
 throughput than one DataLoader worker): a worker process competes with the training
