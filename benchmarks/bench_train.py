@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import platform
 import shutil
@@ -241,18 +242,25 @@ def run_baseline(workload: str, items, n_types: int, args) -> list[float]:
     model.train()
     epochs = []
     for _ in range(args.epochs):
-        started, seen, items = time.perf_counter(), 0, 0
-        for batch in loader:
-            batch = [t.to(device) if isinstance(t, torch.Tensor) else t for t in batch]
-            loss, slices = training_loss(workload, model, batch)
-            seen, items = seen + slices, items + batch[0].shape[0]
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()  # the queued steps count in this epoch's time
-        epochs.append((seen, items, time.perf_counter() - started))
+        batches = ([t.to(device) if isinstance(t, torch.Tensor) else t for t in b] for b in loader)
+        epochs.append(train_epoch(workload, model, optimiser, batches, device))
     return epochs
+
+
+def train_epoch(workload, model, optimiser, batches, device, bf16=False) -> tuple[int, int, float]:
+    """One epoch of the plain loop: (slices, batch items, seconds). On a GPU the queued steps are
+    waited for, so they count in this epoch's time."""
+    started, slices_seen, items_seen = time.perf_counter(), 0, 0
+    for batch in batches:
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            loss, slices = training_loss(workload, model, batch)
+        slices_seen, items_seen = slices_seen + slices, items_seen + batch[0].shape[0]
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return slices_seen, items_seen, time.perf_counter() - started
 
 
 # ------------------------------------------------------------------ the network alone
@@ -297,21 +305,13 @@ def run_network(workload: str, items, n_types: int, args, mode: str) -> list[flo
     steps = len(items) // batch_size_of(workload, args)
     if workload == "hierarchical":
         steps = len({item[3] for item in items}) // batch_size_of(workload, args)
-    epochs = []
-    for epoch in range(args.epochs + 1):  # epoch 0 warms up (and compiles): not reported
-        started, seen, items = time.perf_counter(), 0, 0
-        for _ in range(steps if epoch else 1):
-            with torch.autocast(device.type, torch.bfloat16, enabled=mode.endswith("bf16")):
-                loss, slices = training_loss(workload, network, batch)
-            seen, items = seen + slices, items + batch[0].shape[0]
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if epoch:
-            epochs.append((seen, items, time.perf_counter() - started))
-    return epochs
+    bf16 = mode.endswith("bf16")
+    # one warm-up step first (and the compilation): not reported
+    train_epoch(workload, network, optimiser, [batch], device, bf16)
+    return [
+        train_epoch(workload, network, optimiser, itertools.repeat(batch, steps), device, bf16)
+        for _ in range(args.epochs)
+    ]
 
 
 # ------------------------------------------------------------------ mritumor's command
