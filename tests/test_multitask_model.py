@@ -147,7 +147,7 @@ def test_fcn_resnet50_is_torchvisions_and_takes_resnet50_weights():
     from torchvision.models.segmentation.fcn import FCNHead
 
     model = build_multitask_model("D", CLASSES, "fcn_resnet50", 1, 64)
-    assert model.skip_index is None
+    assert model.skip_layers == []
     assert isinstance(model.seg_neck[0], torch.nn.Conv2d) and model.seg_neck[0].in_channels == 2048
     assert isinstance(FCNHead(2048, 1)[4], type(model.seg_out))
     features, _ = model.encode(torch.rand(1, 1, 64, 64))

@@ -53,6 +53,14 @@ def register(subcommands) -> None:
         help="fcn_resnet50: torchvision's FCN-ResNet50 (the seed's); the others are lighter "
         "encoders with an FCN head and an FCN-8s skip (resnet18 or small_cnn train on 2 CPU cores)",
     )
+    flag(
+        parser,
+        "--decoder",
+        choices=("unet", "fcn"),
+        default="unet",
+        help="segmentation decoder: unet (skip connections from every encoder resolution) or "
+        "fcn (the seed's FCN head on the last features, plus an FCN-8s skip for light encoders)",
+    )
     flag(parser, "--image_size", type=int, default=256, help="slices are resized to this size")
     flag(parser, "--channels", type=int, default=None, help="input channels (default: from data)")
     flag(parser, "--epochs", type=int, default=30, help="maximum training epochs per variant")
@@ -60,7 +68,29 @@ def register(subcommands) -> None:
     flag(parser, "--lr", type=float, default=1e-3, help="AdamW learning rate (cosine schedule)")
     flag(parser, "--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
     flag(
-        parser, "--seg_weight", type=float, default=1.0, help="weight of the mask loss (Dice + BCE)"
+        parser,
+        "--warmup_epochs",
+        type=int,
+        default=0,
+        help="linear learning-rate warm-up from lr/10 before the cosine decay",
+    )
+    flag(
+        parser,
+        "--ema_decay",
+        type=float,
+        default=0.0,
+        help="validate and save an exponential moving average of the weights with this decay "
+        "per step (e.g. 0.99; 0: off)",
+    )
+    flag(
+        parser,
+        "--seg_loss",
+        choices=("dice_ce", "dice_focal"),
+        default="dice_ce",
+        help="mask loss: Dice + binary cross-entropy, or Dice + focal loss",
+    )
+    flag(
+        parser, "--seg_weight", type=float, default=1.0, help="weight of the mask loss (--seg_loss)"
     )
     flag(parser, "--cls_weight", type=float, default=1.0, help="weight of the class cross-entropy")
     flag(parser, "--hidden_dim", type=int, default=256, help="classification embedding size")

@@ -34,6 +34,7 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from mritumor.errors import MritumorError
+from mritumor.models.decoders import DECODERS, UNetDecoder, stage_outputs
 from mritumor.models.backbones import (
     BACKBONES,
     Encoder,
@@ -129,20 +130,31 @@ class MultiTaskNet(nn.Module):
         hidden_dim: int = 256,
         dropout: float = 0.2,
         skip: bool = True,
+        decoder: str = "fcn",
     ):
         super().__init__()
+        if decoder not in DECODERS:
+            raise MritumorError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
         self.variant = check_variant(variant)
+        self.decoder_name = decoder
         self.segments, self.classifies = variant in SEGMENTS, variant in CLASSIFIES
         self.encoder, self.n_classes = encoder, n_classes
         width = encoder.feature_dim
-        self.skip_index: int | None = None
+        self.skip_layers: list[int] = []  # encoder layers whose outputs the decoder takes
         if self.segments:
             # FCNHead = [conv3x3 D→D/4, BN, ReLU, Dropout] (the neck) + conv1x1 → 1
             self.seg_neck, self.seg_out = nn.Sequential(*list(head)[:4]), head[4]
             neck_width = self.seg_out.in_channels
-            if skip:
-                self.skip_index, skip_width = self._find_skip(image_size)
-                if self.skip_index is not None:
+            if decoder == "unet":
+                *finer, _ = stage_outputs(encoder.body, encoder.config.in_channels, image_size)
+                strides = [self._stride(index, image_size) for index, _ in finer]
+                self.skip_layers = [index for index, _ in finer]
+                self.decoder = UNetDecoder(neck_width, [width for _, width in finer], strides)
+                self.seg_out = nn.Conv2d(self.decoder.out_width, 1, 1)
+            elif skip:
+                skip_index, skip_width = self._find_skip(image_size)
+                if skip_index is not None:
+                    self.skip_layers = [skip_index]
                     self.skip_score = nn.Conv2d(skip_width, 1, 1)
         if self.classifies:
             cls_in = width + (neck_width if variant == "F" else 0)
@@ -170,23 +182,34 @@ class MultiTaskNet(nn.Module):
         last = len(self.encoder.body) - 1
         return (None, 0) if found in (None, last) else (found, width)
 
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    @torch.no_grad()
+    def _stride(self, layer_index: int, image_size: int) -> int:
+        x = torch.zeros(1, self.encoder.config.in_channels, image_size, image_size)
+        was_training = self.encoder.training
+        self.encoder.eval()
+        for layer in list(self.encoder.body)[: layer_index + 1]:
+            x = layer(x)
+        self.encoder.train(was_training)
+        return max(1, round(image_size / x.shape[-1]))
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The encoder's last features and the outputs of ``skip_layers`` (finest first)."""
         x = images
         if self.encoder.config.input_normalisation != "none":
             x = (x - self.encoder.input_mean) / self.encoder.input_std
-        skip = None
+        skips = []
         for index, layer in enumerate(self.encoder.body):
             x = layer(x)
-            if index == self.skip_index:
-                skip = x
-        return x, skip
+            if index in self.skip_layers:
+                skips.append(x)
+        return x, skips
 
     def segmentation_modules(self) -> list[nn.Module]:
-        names = ("seg_neck", "seg_out", "skip_score")
+        names = ("seg_neck", "seg_out", "skip_score", "decoder")
         return [getattr(self, n) for n in names if hasattr(self, n)]
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        features, skip = self.encode(images)
+        features, skips = self.encode(images)
         out: dict[str, torch.Tensor] = {}
         neck = self.seg_neck(features) if self.segments else None
         if self.classifies:
@@ -201,16 +224,21 @@ class MultiTaskNet(nn.Module):
                 neck = neck + self.logit_projection(out["class_logits"])[:, :, None, None]
             if self.variant == "G":
                 neck = neck + self.embedding_projection(out["class_embedding"])[:, :, None, None]
-            logits = self.seg_out(neck)
-            if skip is not None:
-                logits = nnf.interpolate(
-                    logits, size=skip.shape[-2:], mode="bilinear", align_corners=False
-                )
-                logits = logits + self.skip_score(skip)
-            out["mask_logits"] = nnf.interpolate(
-                logits, size=images.shape[-2:], mode="bilinear", align_corners=False
-            )
+            out["mask_logits"] = self.mask_logits(neck, skips, images.shape[-2:])
         return out
+
+    def mask_logits(
+        self, neck: torch.Tensor, skips: list[torch.Tensor], size: torch.Size
+    ) -> torch.Tensor:
+        if self.decoder_name == "unet":
+            return self.seg_out(self.decoder(neck, skips, tuple(size)))
+        logits = self.seg_out(neck)
+        if skips:  # FCN-8s: the stride-8 features' score added to the upsampled coarse logits
+            logits = nnf.interpolate(
+                logits, size=skips[0].shape[-2:], mode="bilinear", align_corners=False
+            )
+            logits = logits + self.skip_score(skips[0])
+        return nnf.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     def to_channels_last(self) -> MultiTaskNet:
         return self.to(memory_format=torch.channels_last)
@@ -225,9 +253,12 @@ def build_multitask_model(
     pretrained: bool = False,
     hidden_dim: int = 256,
     dropout: float = 0.2,
+    decoder: str = "fcn",
 ) -> MultiTaskNet:
     encoder, head = build_parts(backbone, in_channels, image_size, pretrained)
-    model = MultiTaskNet(encoder, head, variant, n_classes, image_size, hidden_dim, dropout)
+    model = MultiTaskNet(
+        encoder, head, variant, n_classes, image_size, hidden_dim, dropout, decoder=decoder
+    )
     model.backbone_name = backbone  # recorded in checkpoints; C checks its stage-1 network
     return model
 

@@ -54,12 +54,38 @@ log = logging.getLogger(__name__)
 STAGES = ("joint", "segmentation", "classification")
 
 
-def segmentation_loss(mask_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Soft Dice over the whole batch + binary cross-entropy (MONAI ``DiceCELoss``). Batch Dice:
-    a slice without tumour has no Dice of its own, so per-slice Dice would be unstable there."""
-    from monai.losses import DiceCELoss
+SEG_LOSSES = ("dice_ce", "dice_focal")
 
+
+def segmentation_loss(
+    mask_logits: torch.Tensor, masks: torch.Tensor, kind: str = "dice_ce"
+) -> torch.Tensor:
+    """Soft Dice over the whole batch + binary cross-entropy (MONAI ``DiceCELoss``) or focal
+    loss (``DiceFocalLoss``: down-weights the many easy background pixels). Batch Dice: a slice
+    without tumour has no Dice of its own, so per-slice Dice would be unstable there."""
+    from monai.losses import DiceCELoss, DiceFocalLoss
+
+    if kind == "dice_focal":
+        return DiceFocalLoss(sigmoid=True, batch=True)(mask_logits, masks.float())
+    if kind != "dice_ce":
+        raise ValueError(f"unknown segmentation loss {kind!r}; choose one of {SEG_LOSSES}")
     return DiceCELoss(sigmoid=True, batch=True)(mask_logits, masks.float())
+
+
+def warmup_cosine(optimizer, epochs: int, warmup_epochs: int):
+    """Linear warm-up from a tenth of the learning rate over ``warmup_epochs``, then cosine
+    decay over the rest (stepped per epoch)."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(epochs - warmup_epochs, 1)
+    )
+    if warmup_epochs <= 0:
+        return cosine
+    warmup = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=0.1, total_iters=warmup_epochs
+    )
+    return torch.optim.lr_scheduler.SequentialLR(
+        optimizer, [warmup, cosine], milestones=[warmup_epochs]
+    )
 
 
 class MultiTaskTask(L.LightningModule):
@@ -76,12 +102,25 @@ class MultiTaskTask(L.LightningModule):
         cls_weight: float = 1.0,
         class_weights: torch.Tensor | None = None,
         stage: str = "joint",
+        seg_loss: str = "dice_ce",
+        warmup_epochs: int = 0,
+        ema_decay: float = 0.0,
     ):
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}")
         self.model, self.lr, self.weight_decay, self.epochs = model, lr, weight_decay, epochs
-        self.stage = stage
+        self.stage, self.seg_loss, self.warmup_epochs = stage, seg_loss, warmup_epochs
+        # An exponential moving average of the weights (and BatchNorm statistics) is what is
+        # validated and saved: on small CPU batches it smooths the step-to-step noise and the
+        # lag of BatchNorm's running statistics behind the weights.
+        self.ema = None
+        if ema_decay > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(
+                model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
+            )
         self.seg_weight = seg_weight if model.segments and stage != "classification" else 0.0
         self.cls_weight = cls_weight if model.classifies and stage != "segmentation" else 0.0
         self.register_buffer("class_weights", class_weights, persistent=False)
@@ -89,18 +128,29 @@ class MultiTaskTask(L.LightningModule):
         if stage == "classification":
             freeze_for_stage_two(model)
 
+    @property
+    def eval_model(self) -> MultiTaskNet:
+        """The network that is validated and saved: the weight average when there is one."""
+        return self.model if self.ema is None else self.ema.module
+
     def on_train_epoch_start(self) -> None:
         if self.stage == "classification":
             keep_frozen_in_eval(self.model)
 
-    def losses(self, batch: dict) -> tuple[dict, dict]:
-        outputs = self.model(batch["image"])
+    def on_train_batch_end(self, outputs, batch, batch_index) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def losses(self, batch: dict, model: MultiTaskNet | None = None) -> tuple[dict, dict]:
+        outputs = (model or self.model)(batch["image"])
         parts: dict[str, torch.Tensor] = {}
         if self.seg_weight:
             with_mask = batch["has_mask"]
             if with_mask.any():
                 parts["seg"] = segmentation_loss(
-                    outputs["mask_logits"][with_mask].float(), batch["mask"][with_mask]
+                    outputs["mask_logits"][with_mask].float(),
+                    batch["mask"][with_mask],
+                    self.seg_loss,
                 )
         if self.cls_weight and (batch["tumor_type"] >= 0).any():
             parts["cls"] = nnf.cross_entropy(
@@ -124,7 +174,7 @@ class MultiTaskTask(L.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch, batch_index):
-        outputs, losses = self.losses(batch)
+        outputs, losses = self.losses(batch, self.eval_model)
         size = batch["image"].shape[0]
         self.log("val_loss", losses["loss"], prog_bar=True, batch_size=size, sync_dist=True)
         if "mask_logits" in outputs and self.seg_weight:
@@ -141,7 +191,7 @@ class MultiTaskTask(L.LightningModule):
     def configure_optimizers(self):
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=self.weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
+        schedule = warmup_cosine(optimizer, self.epochs, self.warmup_epochs)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
@@ -203,6 +253,7 @@ def build_model(args, variant: str, labels: LabelSpace, channels: int) -> MultiT
         pretrained=args.pretrained,
         hidden_dim=args.hidden_dim,
         dropout=args.dropout,
+        decoder=args.decoder,
     )
     if args.ssl_ckpt:
         load_ssl_encoder(model.encoder, args.ssl_ckpt)
@@ -300,11 +351,11 @@ def run_variant(
     stage = "classification" if variant == "C" else "joint"
     task = MultiTaskTask(
         model, args.lr, args.weight_decay, args.epochs, args.seg_weight, args.cls_weight,
-        weights, stage,
+        weights, stage, args.seg_loss, args.warmup_epochs, args.ema_decay,
     )  # fmt: skip
 
     def payload(module: MultiTaskTask) -> dict:
-        return checkpoint_payload(module.model, variant, labels, data, args)
+        return checkpoint_payload(module.eval_model, variant, labels, data, args)
 
     has_val = len(data.split.val) > 0
     monitor = args.monitor if has_val else "train_loss"
@@ -399,6 +450,7 @@ def checkpoint_payload(model: MultiTaskNet, variant: str, labels: LabelSpace, da
         "model_config": {
             "variant": variant,
             "backbone": args.backbone,
+            "decoder": model.decoder_name,
             "n_classes": len(labels.types),
             "image_size": data.cache.prep.image_size,
             "in_channels": data.cache.prep.channels,
@@ -441,6 +493,7 @@ def model_from_checkpoint(checkpoint: dict) -> MultiTaskNet:
         pretrained=False,
         hidden_dim=config["hidden_dim"],
         dropout=config["dropout"],
+        decoder=config.get("decoder", "fcn"),  # checkpoints before the U-Net decoder: fcn
     )
     normalisation = checkpoint["encoder_config"].get("input_normalisation", "none")
     if normalisation != "none":  # ImageNet-initialised networks expect standardised inputs
