@@ -34,7 +34,6 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from mritumor.errors import MritumorError
-from mritumor.models.decoders import DECODERS, UNetDecoder, stage_outputs
 from mritumor.models.backbones import (
     BACKBONES,
     Encoder,
@@ -43,6 +42,7 @@ from mritumor.models.backbones import (
     build_encoder,
     local_imagenet_state,
 )
+from mritumor.models.decoders import DECODERS, UNetDecoder, stage_outputs
 
 VARIANTS = ("A", "B", "C", "D", "E", "F", "G")
 VARIANT_NAMES = {
