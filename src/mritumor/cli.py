@@ -23,6 +23,7 @@ from mritumor.commands import (
     multitask,
     predict,
     pretrain,
+    recipes,
     report,
 )
 from mritumor.errors import MritumorError
@@ -39,6 +40,7 @@ COMMAND_MODULES = [
     explain,
     compare,
     report,
+    recipes,
 ]
 
 

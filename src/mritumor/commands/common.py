@@ -88,29 +88,52 @@ def add_config_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_recipe_flag(parser: argparse.ArgumentParser) -> None:
+    flag(
+        parser,
+        "--recipe",
+        default=None,
+        help="a named training recipe (`mritumor recipes` lists them): its values replace the "
+        "built-in defaults; --config and explicit flags still win",
+    )
+
+
 def apply_config(
     parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
 ) -> argparse.Namespace:
-    """Re-parse with the YAML's values as defaults: command line > config file > built-in default."""
-    path = getattr(args, "config", None)
-    if not path:
+    """Re-parse with the recipe's and the YAML's values as defaults:
+    command line > --config file > --recipe > built-in default."""
+    recipe, path = getattr(args, "recipe", None), getattr(args, "config", None)
+    if not recipe and not path:
         return args
+    command_parser = args._command_parser
+    known = {action.dest for action in command_parser._actions}
+    values: dict = {}
+    if recipe:
+        from mritumor.recipes import recipe_values
+
+        values.update(_known_keys(recipe_values(recipe, args.command), known, f"recipe {recipe}"))
+    if path:
+        values.update(_known_keys(_read_config(path), known, f"--config {path}"))
+    command_parser.set_defaults(**values)
+    return parser.parse_args(argv)
+
+
+def _read_config(path: str) -> dict:
     try:
         values = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise MritumorError(f"cannot read --config {path}: {error}") from error
     if not isinstance(values, dict):
         raise MritumorError(f"--config {path} must hold a mapping of flag names to values")
-    command_parser = args._command_parser
-    known = {action.dest for action in command_parser._actions}
-    values = {key.replace("-", "_"): value for key, value in values.items()}
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def _known_keys(values: dict, known: set[str], where: str) -> dict:
     unknown = sorted(set(values) - known)
     if unknown:
-        raise MritumorError(
-            f"--config {path}: unknown key(s) {unknown}; keys are the command's flag names"
-        )
-    command_parser.set_defaults(**values)
-    return parser.parse_args(argv)
+        raise MritumorError(f"{where}: unknown key(s) {unknown}; keys are the command's flag names")
+    return values
 
 
 def save_resolved_config(args: argparse.Namespace, outdir: str | Path) -> Path:

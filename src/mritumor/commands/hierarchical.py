@@ -10,6 +10,7 @@ from mritumor.commands.common import (
     add_config_flag,
     add_data_flags,
     add_data_on_device_flag,
+    add_recipe_flag,
     add_split_flags,
     add_trainer_flags,
     flag,
@@ -28,6 +29,7 @@ def register(subcommands) -> None:
     add_data_flags(parser)
     flag(parser, "--outdir", required=True, help="run folder for the checkpoint and every artifact")
     add_config_flag(parser)
+    add_recipe_flag(parser)
     # the seed's flags, unchanged
     flag(parser, "--epochs", type=int, default=40, help="maximum training epochs")
     flag(parser, "--batch_size", type=int, default=2, help="patients (bags) per batch")

@@ -10,6 +10,7 @@ from mritumor.commands.common import (
     add_config_flag,
     add_data_flags,
     add_data_on_device_flag,
+    add_recipe_flag,
     add_split_flags,
     add_trainer_flags,
     flag,
@@ -38,6 +39,7 @@ def register(subcommands) -> None:
         parser, "--outdir", required=True, help="run folder (one sub-folder per variant for 'all')"
     )
     add_config_flag(parser)
+    add_recipe_flag(parser)
     flag(
         parser,
         "--variant",

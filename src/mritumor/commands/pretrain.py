@@ -8,6 +8,7 @@ from mritumor.commands.common import (
     add_config_flag,
     add_data_flags,
     add_data_on_device_flag,
+    add_recipe_flag,
     add_split_flags,
     add_trainer_flags,
     flag,
@@ -85,6 +86,7 @@ def register(subcommands) -> None:
     add_trainer_flags(pretrain)
     add_data_on_device_flag(pretrain)
     add_config_flag(pretrain)
+    add_recipe_flag(pretrain)
     pretrain.set_defaults(handler=run_pretrain)
 
     evaluate = add_command(
