@@ -24,7 +24,7 @@ from mritumor.data.catalog import (
     summarise_problems,
 )
 from mritumor.data.readers.common import MASK_NAME, walk_files
-from mritumor.data.readers.dicom import dicom_rows
+from mritumor.data.readers.dicom import dicom_rows, slice_position
 from mritumor.data.readers.figshare import FIGSHARE_LABELS, read_figshare_mat
 from mritumor.data.readers.folder import CLASS_FOLDER, patient_rows, read_folder_tree
 from mritumor.data.readers.lgg import LGG_GRADES, LGG_TYPES, find_lgg_cases, read_lgg_kaggle
@@ -46,6 +46,7 @@ __all__ = [
     "read_folder_tree",
     "read_lgg_kaggle",
     "read_manifest",
+    "slice_position",
 ]
 
 log = logging.getLogger(__name__)
