@@ -23,6 +23,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -89,6 +90,56 @@ def parse(html: str) -> Tags:
     parser = Tags()
     parser.feed(html)
     return parser
+
+
+class Tables(HTMLParser):
+    """Every <table> as (header cells, body rows), each cell's text as the browser shows it."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: list[tuple[list[str], list[list[str]]]] = []
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+        self._in_head = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append(([], []))
+        elif tag == "thead":
+            self._in_head = True
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append("".join(self._cell))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            header, rows = self.tables[-1]
+            header.extend(self._row) if self._in_head else rows.append(self._row)
+            self._row = None
+        elif tag == "thead":
+            self._in_head = False
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def table_with(html: str, header: list[str]) -> list[list[str]]:
+    """The body rows of the one table in ``html`` with this header."""
+    parser = Tables()
+    parser.feed(html)
+    found = [rows for head, rows in parser.tables if head == header]
+    assert len(found) == 1, f"{len(found)} tables with the header {header}"
+    return found[0]
+
+
+def number(value):
+    """A pandas cell as the JSON it came from: NaN (an empty CSV cell) is None."""
+    return None if pd.isna(value) else float(value)
 
 
 def png(path: Path, size=(96, 64), seed=0, noise=False) -> Path:
@@ -186,7 +237,8 @@ def multitask_metrics(variant: str) -> dict:
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
     """One folder holding every kind of run folder, written by hand in the commands' layouts."""
-    from mritumor.evaluation.metrics import cv_summary  # the function the CV command uses
+    from mritumor.evaluation.metrics import cv_summary  # the functions the commands use
+    from mritumor.evaluation.multitask import write_comparison
 
     root = tmp_path_factory.mktemp("report") / "runs"
     demo = root / "demo"
@@ -226,14 +278,15 @@ def synthetic(tmp_path_factory) -> Path:
     )
 
     variants = root / "multitask_all"
-    rows = ["| Model | Seg. Dice (95 % CI) | Classification accuracy (95 % CI) | seed Dice | seed accuracy |", "|---|---|---|---|---|"]  # fmt: skip
+    reports = {}
     for variant in "ABCDEFG":
         write_json(variants / variant / "test_metrics.json", multitask_metrics(variant))
         png(variants / variant / ("overlays.png" if variant != "B" else "roc_tumor_type_ovr.png"))
-        rows.append(f"| model {variant} ({variant}) | 0.610 (0.500–0.700) | – | 0.7311 | – |")
+        reports[variant] = {"metrics": multitask_metrics(variant)}
+    reports["D"]["metrics"]["dice"] = ci(0.00042, None, None)  # tiny, and no interval
+    reports["F"]["metrics"]["tumor_type_accuracy"] = ci(0.8765432, 0.7012345, 0.95)
     write_json(variants / "C" / "stage1_A" / "test_metrics.json", multitask_metrics("A"))
-    (variants / "comparison.md").write_text("\n".join(rows) + "\n")
-    (variants / "comparison.csv").write_text("variant,dice\nA,0.61\n")
+    write_comparison(reports, variants)  # comparison.csv and comparison.md, as --variant all
     (variants / "config.yaml").write_text("variant: all\n")
 
     explain = root / "explain"
@@ -252,10 +305,6 @@ def synthetic(tmp_path_factory) -> Path:
                {"runs": [{"name": "a", "path": "/x/a", "n_rows": 3, "classification": True,
                           "dice": False, "units_dropped": 0}],
                 "summary": {"a": {"accuracy": ci(0.7, 0.6, 0.8)}}})  # fmt: skip
-    (compare / "comparison.md").write_text(
-        "# Model comparison\n\nUnit of pairing: `patient_id`.\n\n## Runs\n\n"
-        "| run | accuracy (95 % CI) |\n| --- | --- |\n| a | 0.700 (0.600–0.800) |\n"
-    )
     png(compare / "roc_overlay.png", seed=3)
     return root
 
@@ -276,9 +325,7 @@ def train_argv(data_root: Path, outdir: Path, command: str, *extra: str) -> list
 
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory) -> Path:
-    """Tiny real runs: train-hierarchical, train-multitask (variant E), compare of two runs."""
-    import pandas as pd
-
+    """Tiny real runs: train-hierarchical, train-multitask (variant E), compare of three runs."""
     from mritumor.data.synthetic import write_synthetic_dataset
 
     base = tmp_path_factory.mktemp("report_real")
@@ -294,14 +341,19 @@ def real_runs(tmp_path_factory) -> Path:
     argv = train_argv(data, runs / "multitask_E", "train-multitask", "--variant", "E",
                       "--batch_size", "16", "--val_frac", "0.25", "--test_frac", "0.3")  # fmt: skip
     assert main(argv) == 0
-    # a second 'run' with other predictions for the same patients, then the real compare
-    other = runs / "shuffled"
-    other.mkdir()
+    # two more 'runs' with other predictions for the same patients, then the real compare
+    # (three runs: the Friedman tests run too)
     table = pd.read_csv(hierarchical / "predictions.csv")
     columns = [c for c in table.columns if c.startswith("p_type_")]
-    table[columns] = table[columns].to_numpy()[::-1]
-    table.to_csv(other / "predictions.csv", index=False)
-    argv = ["-q", "compare", str(hierarchical), str(other), "--outdir", str(runs / "comparison"),
+    others = []
+    for name, reorder in (("shuffled", lambda a: a[::-1]), ("rolled", lambda a: np.roll(a, 1, 1))):
+        other = runs / name
+        other.mkdir()
+        changed = table.copy()
+        changed[columns] = reorder(table[columns].to_numpy())
+        changed.to_csv(other / "predictions.csv", index=False)
+        others.append(str(other))
+    argv = ["-q", "compare", str(hierarchical), *others, "--outdir", str(runs / "comparison"),
             "--n_boot", "50"]  # fmt: skip
     assert main(argv) == 0
     return runs
@@ -389,7 +441,7 @@ def test_metrics_tables_hold_the_json_values_with_intervals(synthetic, synthetic
     assert "0.650 (0.500–0.917)" in cv  # fold_1's accuracy in the per-fold table
 
     variants = own_part(html, anchor_of(html, "multitask_all"))
-    assert variants.count("<td>model ") == 7 and '<td class="num">0.7311</td>' in variants
+    assert "Segmentation-only (A)" in variants and '<td class="num">0.7311</td>' in variants
     variant_g = own_part(html, anchor_of(html, "G"))
     assert metric_cell("hd95", "7.250 (5.500–9.125)") in variant_g
     ssl_eval = own_part(html, anchor_of(html, "ssl_eval"))
@@ -471,8 +523,98 @@ def test_real_runs_report_matches_their_files(real_runs, tmp_path, capsys):
     assert "train-multitask, variant E" in mt and "one per test slice" in mt
     comparison = own_part(html, anchor_of(html, "comparison"))
     assert "mritumor compare" in comparison and "roc_overlay.png" in comparison
-    assert "<h4>Pairwise comparisons (A − B)</h4>" in comparison
+    # the comparison's headings one level below its sub-section's
+    assert '<h4 class="sub">Metrics</h4>' in comparison
+    assert "<h5>Pairwise comparisons (A − B)</h5>" in comparison
     assert "shuffled" in html  # a folder with just predictions.csv is no run, but compare names it
+
+
+# ----------------------------------------------------------------------------- comparison tables
+
+
+def test_variant_table_holds_the_numbers_of_comparison_csv(synthetic, synthetic_html):
+    """--variant all: one row per variant, read back from the CSV with pandas."""
+    frame = pd.read_csv(synthetic / "multitask_all" / "comparison.csv")
+    assert len(frame) == 7  # the fixture wrote what the command writes
+
+    def interval(row, name) -> str:
+        entry = {k: number(row[f"{name}{s}"]) for k, s in (("value", ""), ("low", "_low"), ("high", "_high"))}  # fmt: skip
+        return "–" if entry["value"] is None else expected_interval(entry)
+
+    def seed(value) -> str:
+        return "–" if number(value) is None else f"{number(value):.4f}"
+
+    wanted = [
+        [f"{row.model} ({row.variant})", interval(row._asdict(), "dice"),
+         interval(row._asdict(), "accuracy"), seed(row.seed_dice), seed(row.seed_accuracy)]
+        for row in frame.itertuples(index=False)
+    ]  # fmt: skip
+    part = own_part(synthetic_html, anchor_of(synthetic_html, "multitask_all"))
+    header = ["Model", "Seg. Dice (95 % CI)", "Classification accuracy (95 % CI)", "seed Dice",
+              "seed accuracy"]  # fmt: skip
+    assert table_with(part, header) == wanted
+    # spot checks that do not go through the formatting above
+    assert ["Naive joint training (D)", "4.20e-04", "0.800 (0.700–0.900)", "0.7344", "0.9232"] in wanted  # fmt: skip
+    assert wanted[5][2] == "0.877 (0.701–0.950)" and wanted[1][1] == "–"
+    assert "From <code>comparison.csv</code>" in part  # not from the comparison.md beside it
+
+
+def test_compare_tables_hold_the_numbers_of_its_csv_and_json(real_runs, tmp_path):
+    """mritumor compare of three runs: the pairwise table against comparison.csv (pandas), the
+    runs table and the Friedman tests against comparison.json."""
+    folder = real_runs / "comparison"
+    html = build_report([folder])
+    frame = pd.read_csv(folder / "comparison.csv")
+    report = json.loads((folder / "comparison.json").read_text())
+    pairs = frame[frame["run_a"] != "all"]
+    assert len(pairs) == 3 * 5  # three pairs × (accuracy, macro AUC, three per-class AUCs)
+
+    def difference(row) -> str:
+        text = expected(number(row.difference))
+        if number(row.ci_low) is not None and number(row.ci_high) is not None:
+            text += f" ({expected(number(row.ci_low))} to {expected(number(row.ci_high))})"
+        return text
+
+    wanted = [
+        [row.run_a, row.run_b, row.metric, expected(number(row.value_a)),
+         expected(number(row.value_b)), difference(row), row.test.split(" (")[0],
+         expected(number(row.p_value)),
+         expected(number(row.p_holm)) + (" *" if row.significant in (True, "True") else "")]
+        for row in pairs.itertuples(index=False)
+    ]  # fmt: skip
+    header = ["A", "B", "metric", "A", "B", "A − B (CI)", "test", "p", "p (Holm)"]
+    assert table_with(html, header) == wanted
+    accuracy = pairs[pairs["metric"] == "accuracy"].iloc[0]
+    assert f"{accuracy.value_a:.3f}" in wanted[0][3]  # the first row is the first CSV row
+
+    runs = table_with(html, ["run", "accuracy (95 % CI)", "macro AUC (95 % CI)", "mean Dice (95 % CI)"])  # fmt: skip
+    assert runs == [
+        [name] + [expected_interval(entry[k]) if k in entry else "–"
+                  for k in ("accuracy", "macro_auc", "mean_dice")]
+        for name, entry in report["summary"].items()
+    ]  # fmt: skip
+    assert [row[0] for row in runs] == ["hierarchical", "shuffled", "rolled"]
+    friedman = report["friedman"]["accuracy"]
+    assert friedman is not None and report["friedman"]["dice"] is None
+    text = (f"chi² = {expected(friedman['statistic'])}, p = {expected(friedman['p_value'])}, "
+            f"{friedman['n_blocks']} patients")  # fmt: skip
+    assert text in html and "Friedman test (accuracy)" in html
+    assert f"mean ranks: hierarchical {friedman['mean_ranks'][0]:.2f}," in html
+    unit = f"Unit of pairing: <code>{report['unit']}</code>; {report['n_units']} units shared"
+    assert unit in html and f"Seed {report['seed']}, alpha {report['alpha']}." in html
+    for test in report["tests"].values():
+        assert test in html.replace("&amp;", "&")
+    assert "not in the dice comparison (no dice column)" in html
+    # the page is made from the JSON and CSV: the Markdown beside them is not read
+    copy = shutil.copytree(folder, tmp_path / "comparison")
+    (copy / "comparison.md").write_text("| run | accuracy |\n| --- | --- |\n| x | 0.123 |\n")
+    assert metrics_part(build_report([copy])) == metrics_part(html)
+
+
+def metrics_part(html: str) -> str:
+    """The first 'Metrics' sub-section of the page."""
+    start = html.index('<h3 class="sub">Metrics</h3>')
+    return html[start : html.index('<div class="part', start)]
 
 
 # ----------------------------------------------------------------------------- Chromium

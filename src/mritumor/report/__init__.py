@@ -5,7 +5,8 @@ each gets a section, nested like the folders: metrics with their 95 % intervals,
 means, comparison tables, curves, confusion matrices, calibration, segmentation overlays,
 training curves from the CSV logs, predictions, split, configuration, files, and any other
 figure. The page needs nothing from the network: images are base64 data URIs, the CSS is
-inline, there is no script. Only JSON, YAML, CSV, Markdown and image files are read;
+inline, there is no script. Only JSON, YAML, CSV and image files are read (the Markdown the
+commands write for people is not: its tables come from the JSON and CSV files beside it);
 checkpoints are never opened (so neither torch nor the run's code version is needed).
 """
 
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from mritumor.errors import MritumorError
 from mritumor.report.html import esc, key_value_table
-from mritumor.report.render import Options, Page, environment, render_folder, toc_html
+from mritumor.report.page import Options, Page, environment, toc_html
+from mritumor.report.render import render_folder
 from mritumor.report.scan import MARKERS, RunFolder, find_runs
 
 __all__ = ["MARKERS", "Options", "RunFolder", "build_report", "find_runs", "write_report"]

@@ -1,9 +1,10 @@
 """HTML building blocks of the report, standard library only: number formatting, tables, inline
-SVG line charts, data-URI images and a small Markdown subset (the ``comparison.md`` tables)."""
+SVG line charts and data-URI images."""
 
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -82,6 +83,14 @@ def fmt_mean_sd(entry: Mapping) -> str:
     return text if sd is None else f"{text} ± {fmt(sd)}"
 
 
+def parse_float(text) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def fmt_bytes(size: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1024 or unit == "GB":
@@ -126,6 +135,19 @@ def table(
 def key_value_table(items: Iterable[tuple[str, object]], css: str = "kv") -> str:
     rows = [(key, fmt(value) if not isinstance(value, str) else value) for key, value in items]
     return table(None, rows, css=css) if rows else ""
+
+
+def kv(items) -> str:
+    """A key-value table; nested values as compact JSON."""
+
+    def shown(value) -> str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (Mapping, list)):
+            return json.dumps(value, default=str)
+        return fmt(value)
+
+    return key_value_table((key, shown(value)) for key, value in items)
 
 
 def json_block(value, depth: int = 0, max_rows: int = 30) -> str:
@@ -175,8 +197,6 @@ def _cell(value) -> str:
 
 
 def _short_json(value, limit: int = 160) -> str:
-    import json
-
     text = json.dumps(value, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -303,75 +323,3 @@ def line_chart(
         )
     parts.append("</svg>")
     return "".join(parts)
-
-
-# ------------------------------------------------------------------------------- Markdown
-
-
-def _inline(text: str) -> str:
-    text = esc(text)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
-
-
-def markdown(text: str, heading_offset: int = 2, drop_title: bool = True) -> str:
-    """The Markdown the commands write: headings, pipe tables, '-' lists and paragraphs."""
-    out: list[str] = []
-    lines = text.splitlines()
-    index = 0
-    while index < len(lines):
-        line = lines[index].rstrip()
-        if not line.strip():
-            index += 1
-            continue
-        heading = re.match(r"(#{1,6})\s+(.*)", line)
-        if heading:
-            level = len(heading.group(1))
-            tag = f"h{min(level + heading_offset, 6)}"
-            if not (drop_title and level == 1):
-                out.append(f"<{tag}>{_inline(heading.group(2))}</{tag}>")
-            index += 1
-            continue
-        if line.lstrip().startswith("|"):
-            block = []
-            while index < len(lines) and lines[index].lstrip().startswith("|"):
-                block.append(lines[index].strip())
-                index += 1
-            out.append(_markdown_table(block))
-            continue
-        if re.match(r"\s*[-*] ", line):
-            items = []
-            while index < len(lines) and re.match(r"\s*[-*] ", lines[index]):
-                items.append(f"<li>{_inline(lines[index].strip()[2:])}</li>")
-                index += 1
-            out.append("<ul>" + "".join(items) + "</ul>")
-            continue
-        paragraph = []
-        while (
-            index < len(lines)
-            and lines[index].strip()
-            and not lines[index].lstrip().startswith(("|", "#"))
-            and not re.match(r"\s*[-*] ", lines[index])
-        ):
-            paragraph.append(lines[index].strip())
-            index += 1
-        out.append(f"<p>{_inline(' '.join(paragraph))}</p>")
-    return "\n".join(out)
-
-
-def _markdown_table(block: list[str]) -> str:
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in block]
-    rows = [row for row in rows if not all(re.fullmatch(r":?-{3,}:?", cell) for cell in row)]
-    if not rows:
-        return ""
-    header, body = rows[0], rows[1:]
-    head = "".join(f"<th>{_inline(cell)}</th>" for cell in header)
-    lines = []
-    for row in body:
-        cells = []
-        for cell in row:
-            numeric = re.match(r"[-+]?\d", cell) is not None
-            cls = ' class="num"' if numeric else ""
-            cells.append(f"<td{cls}>{_inline(cell)}</td>")
-        lines.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"

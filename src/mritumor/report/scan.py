@@ -19,7 +19,7 @@ MARKERS = (
     "test_metrics.json",  # train-hierarchical, train-multitask (one variant), evaluate
     "cv_summary.json",  # train-hierarchical --cv K
     "comparison.json",  # compare
-    "comparison.md",  # train-multitask --variant all (comparison.csv beside it)
+    "comparison.csv",  # train-multitask --variant all (and compare, beside its JSON)
     "simclr_pretrain.pt",  # pretrain
     "ssl_eval_metrics.json",  # evaluate-ssl
     "attribution_summary.json",  # explain
