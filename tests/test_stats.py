@@ -358,14 +358,18 @@ def test_bootstrap_p_value_and_interval():
 
 def test_rank_auc_equals_sklearn_with_ties():
     """The one rank AUC (used by evaluate's fast path and by compare) against sklearn's
-    trapezoidal ROC AUC: scores on a coarse grid, so most scores are tied; undefined is NaN."""
+    trapezoidal ROC AUC: scores on a coarse grid, so most scores are tied; undefined is NaN.
+    Ordinal ranks instead of midranks would miss it by the ties' share."""
     rng = np.random.default_rng(11)
     for n, levels in ((7, 3), (40, 5), (300, 11)):
         y = rng.random(n) < 0.4
         y[:2] = [True, False]  # both outcomes
         scores = (rng.integers(0, levels, n) + y * rng.integers(0, 3, n)) / levels
         assert len(np.unique(scores)) < n  # ties present
-        assert bootstrap.rank_auc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+        expected = roc_auc_score(y, scores)
+        assert bootstrap.rank_auc(y, scores) == pytest.approx(expected, rel=0, abs=1e-12)
+        ranked = bootstrap.rank_auc(y, None, ranks=sps.rankdata(scores))  # evaluate's fast path
+        assert ranked == pytest.approx(expected, rel=0, abs=1e-12)
     assert math.isnan(bootstrap.rank_auc(np.ones(5, bool), np.arange(5.0)))
 
 

@@ -351,15 +351,23 @@ def clustered_bootstrap_mean_difference(
 # --------------------------------------------------------------------------- AUC
 
 
-def rank_auc(is_positive: np.ndarray, scores: np.ndarray) -> float:
+def rank_auc(
+    is_positive: np.ndarray, scores: np.ndarray | None, ranks: np.ndarray | None = None
+) -> float:
     """Mann–Whitney AUC from midranks; ties count 1/2, like sklearn's trapezoidal rule. NaN
-    without both outcomes."""
+    without both outcomes.
+
+    ``ranks``: the midranks of ``scores`` when the caller already has them (``scores`` is then
+    unused): evaluate's bootstrap ranks every class column of a resample in one ``rankdata``
+    call, a third faster than one call per class.
+    """
     is_positive = np.asarray(is_positive, dtype=bool)
     m = int(is_positive.sum())
     n = is_positive.size - m
     if m == 0 or n == 0:
         return float("nan")
-    ranks = stats.rankdata(scores)
+    if ranks is None:
+        ranks = stats.rankdata(scores)
     return float((ranks[is_positive].sum() - m * (m + 1) / 2) / (m * n))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -212,11 +213,12 @@ def _fast_interval_metrics(y: np.ndarray, probs: np.ndarray, class_names: list[s
     support, n_predicted = confusion.sum(axis=1), confusion.sum(axis=0)
     recall = _ratio_or_nan(true_pos, support)
     f1 = _ratio_or_nan(2 * true_pos, support + n_predicted)
+    ranks = rankdata(probs, axis=0)
     aucs, aps = [], []
     for k in range(n_classes):
         is_positive = y == k
         defined = has_both_outcomes(is_positive)
-        aucs.append(rank_auc(is_positive, probs[:, k]) if defined else None)
+        aucs.append(rank_auc(is_positive, None, ranks=ranks[:, k]) if defined else None)
         aps.append(_step_average_precision(is_positive, probs[:, k]) if defined else None)
     flat = {
         "accuracy": float(true_pos.sum() / len(y)),
