@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from mritumor.cli import main
 from mritumor.compare import run_names
+from mritumor.evaluation.metrics import classification_report_with_ci
 
 CLASSES = ["glioma", "meningioma", "pituitary"]
 N_BOOT = "200"
@@ -205,6 +206,31 @@ def test_bootstrap_is_seeded(tmp_path):
         report = json.loads((outdir / "comparison.json").read_text())
         intervals.append(pair(report, "a", "b")["dice"]["ci_low"])
     assert intervals[0] == intervals[1] != intervals[2]
+
+
+def test_evaluate_and_compare_report_the_same_intervals(tmp_path, two_runs):
+    """One bootstrap for both commands: ``mritumor compare``'s per-run accuracy and macro-AUC
+    intervals equal those of evaluate's ``classification_report_with_ci`` on the same slices,
+    grouped by patient, same n_boot and seed, although evaluate gets the rows in another order
+    (shuffled, so patients first appear out of sorted order; compare sorts the slices)."""
+    code, outdir = compare(tmp_path, list(two_runs[:2]), "--seed", "3")
+    assert code == 0
+    summary = json.loads((outdir / "comparison.json").read_text())["summary"]
+    for folder in two_runs[:2]:
+        table = pd.read_csv(folder / "predictions.csv")
+        table = table.sample(frac=1.0, random_state=0).reset_index(drop=True)
+        first_seen = list(dict.fromkeys(table["patient_id"]))
+        assert first_seen != sorted(first_seen)  # else the old engine agreed by chance
+        probs = table[[f"p_type_{c}" for c in CLASSES]].to_numpy()
+        y = table["true_type"].map(CLASSES.index).to_numpy()
+        intervals = classification_report_with_ci(
+            y, probs, CLASSES, n_boot=int(N_BOOT), seed=3, groups=table["patient_id"]
+        )["intervals"]
+        for metric in ("accuracy", "macro_auc"):
+            evaluated, compared = intervals[metric], summary[folder.name][metric]
+            assert evaluated["n_boot_valid"] == int(N_BOOT)
+            for key in ("value", "low", "high"):
+                assert evaluated[key] == pytest.approx(compared[key], rel=0, abs=1e-12), metric
 
 
 # --------------------------------------------------------------------------- alignment

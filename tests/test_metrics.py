@@ -24,11 +24,11 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from mritumor.evaluation.bootstrap import bootstrap_intervals
 from mritumor.evaluation.curves import plot_confusion_matrix, plot_pr_ovr, plot_roc_ovr
 from mritumor.evaluation.metrics import (
     _fast_interval_metrics,
     _interval_metrics,
-    bootstrap_intervals,
     classification_metrics,
     classification_report_with_ci,
     cv_summary,

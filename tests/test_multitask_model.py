@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mritumor.evaluation.metrics import bootstrap_intervals, by_group
+from mritumor.evaluation.bootstrap import bootstrap_intervals, by_group
 from mritumor.models.backbones import build_encoder
 from mritumor.models.multitask import CLASSIFIES, SEGMENTS, VARIANTS, build_multitask_model
 from mritumor.tasks.multitask import MultiTaskTask, segmentation_loss
@@ -163,7 +163,8 @@ def test_clustered_bootstrap_resamples_patients_not_rows():
     per_patient = rng.normal(size=25)
     repeats = rng.integers(1, 5, size=25)
     rows = np.repeat(per_patient, repeats)
-    groups = np.repeat([f"p{i}" for i in range(25)], repeats)
+    # zero-padded: groups are numbered in sorted label order, here that of the patients
+    groups = np.repeat([f"p{i:02d}" for i in range(25)], repeats)
 
     weight = 1.0 / np.repeat(repeats, repeats)  # each drawn patient weighs 1 in total
 

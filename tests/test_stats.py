@@ -1,5 +1,6 @@
-"""Paired tests and clustered bootstrap of ``mritumor.evaluation.stats`` against SciPy and
-slow, independently written references."""
+"""Paired tests of ``mritumor.evaluation.stats`` and the clustered bootstrap of
+``mritumor.evaluation.bootstrap`` against SciPy, statsmodels, scikit-learn and slow,
+independently written references."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 from scipy import integrate
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
+from statsmodels.stats.multitest import multipletests
 
-from mritumor.evaluation import stats
+from mritumor.evaluation import bootstrap, stats
 
 # --------------------------------------------------------------------------- McNemar
 
@@ -194,10 +196,9 @@ def test_holm_hand_computed_example():
 
 
 def test_holm_matches_statsmodels():
-    """Against statsmodels' multipletests(method='holm') when statsmodels is installed."""
-    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    """Against statsmodels' multipletests(method='holm'), an independent implementation."""
     p = np.random.default_rng(2).random(12) ** 3
-    expected = multitest.multipletests(p, method="holm")[1]
+    expected = multipletests(p, method="holm")[1]
     np.testing.assert_allclose(stats.holm_correction(p), expected)
 
 
@@ -236,7 +237,7 @@ def test_clustered_bootstrap_covers_true_accuracy_difference():
     covered = 0
     for k in range(200):
         a, b, patients = _clustered_binary(rng)
-        result = stats.clustered_bootstrap_mean_difference(a, b, patients, n_boot=300, seed=k)
+        result = bootstrap.clustered_bootstrap_mean_difference(a, b, patients, n_boot=300, seed=k)
         covered += result["low"] <= truth <= result["high"]
     assert 0.88 <= covered / 200 <= 0.99
 
@@ -250,7 +251,9 @@ def test_clustered_bootstrap_covers_true_dice_difference():
     for k in range(200):
         a = rng.beta(8, 2, 30)
         b = 0.9 * a + 0.05 * rng.beta(2, 2, 30)
-        result = stats.clustered_bootstrap_mean_difference(a, b, np.arange(30), n_boot=300, seed=k)
+        result = bootstrap.clustered_bootstrap_mean_difference(
+            a, b, np.arange(30), n_boot=300, seed=k
+        )
         covered += result["low"] <= 0.055 <= result["high"]
     assert 0.88 <= covered / 200 <= 0.99
 
@@ -276,10 +279,10 @@ def test_clustered_bootstrap_covers_true_auc_difference():
     covered = 0
     for k in range(200):
         y, a, b, patients = _binormal_clustered(rng)
-        samples_a = stats.clustered_bootstrap_auc(y, a, patients, n_boot=300, seed=k)
-        samples_b = stats.clustered_bootstrap_auc(y, b, patients, n_boot=300, seed=k)
-        estimate = stats.rank_auc(y, a) - stats.rank_auc(y, b)
-        result = stats.summarise_difference(estimate, samples_a - samples_b)
+        samples_a = bootstrap.clustered_bootstrap_auc(y, a, patients, n_boot=300, seed=k)
+        samples_b = bootstrap.clustered_bootstrap_auc(y, b, patients, n_boot=300, seed=k)
+        estimate = bootstrap.rank_auc(y, a) - bootstrap.rank_auc(y, b)
+        result = bootstrap.summarise_difference(estimate, samples_a - samples_b)
         covered += result["low"] <= truth <= result["high"]
     assert 0.88 <= covered / 200 <= 0.99
 
@@ -296,8 +299,8 @@ def test_vectorised_auc_bootstrap_equals_the_index_loop():
         labels = y[index]
         return roc_auc_score(labels, scores[index]) if 0 < labels.sum() < labels.size else np.nan
 
-    slow = stats.clustered_bootstrap_samples(auc, a, patients, n_boot=60, seed=3)
-    fast = stats.clustered_bootstrap_auc(y, a, patients, n_boot=60, seed=3)
+    slow = bootstrap.clustered_bootstrap_samples(auc, a, patients, n_boot=60, seed=3)
+    fast = bootstrap.clustered_bootstrap_auc(y, a, patients, n_boot=60, seed=3)
     np.testing.assert_allclose(fast, slow, atol=1e-12)
 
     labels = rng.integers(0, 3, patients.size)
@@ -306,22 +309,22 @@ def test_vectorised_auc_bootstrap_equals_the_index_loop():
 
     def macro(_data, index):
         kept = index[labels[index] >= 0]
-        return stats.macro_auc(labels[kept], probs[kept])
+        return bootstrap.macro_auc(labels[kept], probs[kept])
 
-    slow = stats.clustered_bootstrap_samples(macro, None, patients, n_boot=60, seed=4)
-    fast = stats.clustered_bootstrap_macro_auc(labels, probs, patients, n_boot=60, seed=4)
+    slow = bootstrap.clustered_bootstrap_samples(macro, None, patients, n_boot=60, seed=4)
+    fast = bootstrap.clustered_bootstrap_macro_auc(labels, probs, patients, n_boot=60, seed=4)
     np.testing.assert_allclose(fast, slow, atol=1e-12)
 
 
 def test_generic_and_vectorised_bootstrap_use_the_same_resamples():
     """The index-based bootstrap with a mean metric gives exactly the vectorised numbers."""
     a, b, patients = _clustered_binary(np.random.default_rng(4), n_patients=15)
-    fast = stats.clustered_bootstrap_mean_difference(a, b, patients, n_boot=150, seed=9)
+    fast = bootstrap.clustered_bootstrap_mean_difference(a, b, patients, n_boot=150, seed=9)
 
     def mean(values, index):
         return float(values[index].mean())
 
-    slow = stats.clustered_bootstrap_difference(mean, a, b, patients, n_boot=150, seed=9)
+    slow = bootstrap.clustered_bootstrap_difference(mean, a, b, patients, n_boot=150, seed=9)
     for key in ("estimate", "low", "high", "se", "p_value"):
         assert fast[key] == pytest.approx(slow[key], abs=1e-12)
 
@@ -338,7 +341,7 @@ def test_bootstrap_resamples_whole_patients():
         seen.append(counts)
         return 0.0
 
-    stats.clustered_bootstrap_samples(record, None, patients, n_boot=50, seed=0)
+    bootstrap.clustered_bootstrap_samples(record, None, patients, n_boot=50, seed=0)
     for counts in seen:
         assert all(counts[p] % sizes[p] == 0 for p in sizes)
         assert sum(counts[p] // sizes[p] for p in sizes) == 3
@@ -347,7 +350,44 @@ def test_bootstrap_resamples_whole_patients():
 
 def test_bootstrap_p_value_and_interval():
     """Interval inversion: differences all above 0 give p = 2/(B+1); centred ones p ≈ 1."""
-    assert stats.bootstrap_p_value(np.linspace(0.1, 1, 99)) == pytest.approx(2 / 100)
-    assert stats.bootstrap_p_value(np.linspace(-1, 1, 101)) == 1.0
-    low, high = stats.percentile_interval(np.arange(101.0), 0.1)
+    assert bootstrap.bootstrap_p_value(np.linspace(0.1, 1, 99)) == pytest.approx(2 / 100)
+    assert bootstrap.bootstrap_p_value(np.linspace(-1, 1, 101)) == 1.0
+    low, high = bootstrap.percentile_interval(np.arange(101.0), 0.1)
     assert (low, high) == (5.0, 95.0)
+
+
+def test_rank_auc_equals_sklearn_with_ties():
+    """The one rank AUC (used by evaluate's fast path and by compare) against sklearn's
+    trapezoidal ROC AUC: scores on a coarse grid, so most scores are tied; undefined is NaN.
+    Ordinal ranks instead of midranks would miss it by the ties' share."""
+    rng = np.random.default_rng(11)
+    for n, levels in ((7, 3), (40, 5), (300, 11)):
+        y = rng.random(n) < 0.4
+        y[:2] = [True, False]  # both outcomes
+        scores = (rng.integers(0, levels, n) + y * rng.integers(0, 3, n)) / levels
+        assert len(np.unique(scores)) < n  # ties present
+        expected = roc_auc_score(y, scores)
+        assert bootstrap.rank_auc(y, scores) == pytest.approx(expected, rel=0, abs=1e-12)
+        ranked = bootstrap.rank_auc(y, None, ranks=sps.rankdata(scores))  # evaluate's fast path
+        assert ranked == pytest.approx(expected, rel=0, abs=1e-12)
+    assert math.isnan(bootstrap.rank_auc(np.ones(5, bool), np.arange(5.0)))
+
+
+def test_percentile_interval_equals_numpy_percentile_by_hand():
+    """(alpha/2, 1 − alpha/2) percentiles of the finite samples: numpy.percentile, and the
+    linear interpolation written out (h = (n − 1) q between the sorted neighbours)."""
+    rng = np.random.default_rng(12)
+    samples = rng.normal(size=257)
+    samples[[3, 50, 100]] = [np.nan, np.inf, np.nan]  # undefined resamples are left out
+    finite = np.sort(samples[np.isfinite(samples)])
+    for alpha in (0.05, 0.1, 0.32):
+        low, high = bootstrap.percentile_interval(samples, alpha)
+        expected = np.percentile(finite, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+        by_hand = []
+        for q in (alpha / 2, 1 - alpha / 2):
+            h = (finite.size - 1) * q
+            below = int(math.floor(h))
+            by_hand.append(finite[below] + (h - below) * (finite[below + 1] - finite[below]))
+        assert (low, high) == pytest.approx(tuple(expected), rel=0, abs=1e-12)
+        assert (low, high) == pytest.approx(tuple(by_hand), rel=0, abs=1e-12)
+    assert all(math.isnan(v) for v in bootstrap.percentile_interval([np.nan, np.nan]))

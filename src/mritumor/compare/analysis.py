@@ -10,7 +10,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from mritumor.compare.runs import Aligned
-from mritumor.evaluation import stats
+from mritumor.evaluation import bootstrap, stats
 
 CI_METHOD = "patient-clustered percentile bootstrap"
 
@@ -20,7 +20,7 @@ def _pairs(names: list[str]) -> list[tuple[str, str]]:
 
 
 def _interval(value: float, samples: np.ndarray, alpha: float) -> dict:
-    low, high = stats.percentile_interval(samples, alpha)
+    low, high = bootstrap.percentile_interval(samples, alpha)
     return {"value": float(value), "low": low, "high": high}
 
 
@@ -39,9 +39,11 @@ def classification_analysis(
     correct = np.column_stack(
         [np.where(known, aligned.preds[n] == y, np.nan).astype(np.float64) for n in names]
     )
-    accuracy_samples = stats.clustered_bootstrap_means(correct, aligned.patients, n_boot, seed)
+    accuracy_samples = bootstrap.clustered_bootstrap_means(correct, aligned.patients, n_boot, seed)
     auc_samples = {
-        n: stats.clustered_bootstrap_macro_auc(y, aligned.probs[n], aligned.patients, n_boot, seed)
+        n: bootstrap.clustered_bootstrap_macro_auc(
+            y, aligned.probs[n], aligned.patients, n_boot, seed
+        )
         for n in names
     }
     summary = {}
@@ -51,10 +53,10 @@ def classification_analysis(
             "n_units": int(known.sum()),
             "accuracy": _interval(np.nanmean(correct[:, r]), accuracy_samples[:, r], alpha),
             "macro_auc": _interval(
-                stats.macro_auc(y[known], probs[known]), auc_samples[name], alpha
+                bootstrap.macro_auc(y[known], probs[known]), auc_samples[name], alpha
             ),
             "auc_per_class": {
-                c: stats.rank_auc(y[known] == k, probs[known, k])
+                c: bootstrap.rank_auc(y[known] == k, probs[known, k])
                 for k, c in enumerate(aligned.class_names)
             },
         }
@@ -88,7 +90,7 @@ def _accuracy_pair(correct_a, correct_b, samples, ia, ib, alpha) -> dict:
     keep = np.isfinite(correct_a)
     test = stats.mcnemar_exact(correct_a[keep] > 0, correct_b[keep] > 0)
     estimate = test["accuracy_a"] - test["accuracy_b"]
-    interval = stats.summarise_difference(estimate, samples[:, ia] - samples[:, ib], alpha)
+    interval = bootstrap.summarise_difference(estimate, samples[:, ia] - samples[:, ib], alpha)
     return {
         "a": test["accuracy_a"],
         "b": test["accuracy_b"],
@@ -108,7 +110,7 @@ def _accuracy_pair(correct_a, correct_b, samples, ia, ib, alpha) -> dict:
 
 def _macro_auc_pair(summary, a, b, samples, alpha) -> dict:
     estimate = summary[a]["macro_auc"]["value"] - summary[b]["macro_auc"]["value"]
-    interval = stats.summarise_difference(estimate, samples[a] - samples[b], alpha, with_p=True)
+    interval = bootstrap.summarise_difference(estimate, samples[a] - samples[b], alpha, with_p=True)
     return {
         "a": summary[a]["macro_auc"]["value"],
         "b": summary[b]["macro_auc"]["value"],
@@ -161,7 +163,7 @@ def dice_analysis(aligned: Aligned, names: list[str], n_boot: int, seed: int, al
     per_patient = np.column_stack(
         [_per_patient(aligned.dice[n], aligned.patients, patient_order) for n in names]
     )
-    samples = stats.clustered_bootstrap_means(per_patient, patient_order, n_boot, seed)
+    samples = bootstrap.clustered_bootstrap_means(per_patient, patient_order, n_boot, seed)
     summary = {
         n: {
             "n_patients": int(np.isfinite(per_patient[:, r]).sum()),
@@ -175,7 +177,7 @@ def dice_analysis(aligned: Aligned, names: list[str], n_boot: int, seed: int, al
     for a, b in _pairs(names):
         ia, ib = names.index(a), names.index(b)
         test = stats.wilcoxon_paired(per_patient[:, ia], per_patient[:, ib])
-        interval = stats.clustered_bootstrap_mean_difference(
+        interval = bootstrap.clustered_bootstrap_mean_difference(
             per_patient[:, ia], per_patient[:, ib], patient_order, n_boot, seed, alpha
         )
         pairwise.append(

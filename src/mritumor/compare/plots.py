@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from mritumor.compare.runs import Aligned
-from mritumor.evaluation import stats
+from mritumor.evaluation import bootstrap
 
 BOXPLOT_FILE = "dice_per_patient_boxplot.png"
 ROC_FILE = "roc_overlay.png"
@@ -53,7 +53,7 @@ def plot_roc_overlay(aligned: Aligned, names: list[str], path: Path) -> None:
             if is_positive.all() or not is_positive.any():
                 continue
             fpr, tpr, _ = roc_curve(is_positive, scores)
-            auc = stats.rank_auc(is_positive, scores)
+            auc = bootstrap.rank_auc(is_positive, scores)
             ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
         ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="False positive rate")

@@ -14,7 +14,7 @@ from mritumor.compare.plots import _plots
 from mritumor.compare.runs import Aligned, Run, align, load_runs
 from mritumor.compare.tables import csv_rows, markdown
 from mritumor.errors import MritumorError
-from mritumor.evaluation import stats
+from mritumor.evaluation import bootstrap, stats
 
 
 def compare_runs(
@@ -95,7 +95,7 @@ def _header(runs: list[Run], aligned: Aligned, n_boot: int, seed: int, alpha: fl
         "a run's mean Dice = mean over patients",
         "tests": {
             "accuracy": f"{stats.MCNEMAR_TEST} on unit correctness",
-            "macro_auc": f"{stats.BOOTSTRAP_TEST}: 2 · min(P*(d ≤ 0), P*(d ≥ 0)), resolution "
+            "macro_auc": f"{bootstrap.BOOTSTRAP_TEST}: 2 · min(P*(d ≤ 0), P*(d ≥ 0)), resolution "
             f"2 / (n_boot + 1)",
             "auc_per_class": f"{stats.DELONG_TEST}, one class against the rest",
             "dice": f"{stats.WILCOXON_TEST} on per-patient mean Dice",

@@ -1,7 +1,9 @@
 """Evaluation library shared by every training command.
 
-* ``metrics``: patient-level classification metrics, percentile-bootstrap intervals over
-  patients, cross-validation summaries.
+* ``metrics``: patient-level classification metrics with bootstrap intervals, cross-validation
+  summaries.
+* ``bootstrap``: the patient-clustered percentile bootstrap (``evaluate`` and ``compare``).
+* ``stats``: paired tests for comparing models (McNemar, DeLong, Wilcoxon, Friedman, Holm).
 * ``curves``: one-vs-rest ROC / precision-recall curves and confusion matrices (PNG + JSON).
 * ``calibration``: top-label ECE/MCE, reliability diagrams, temperature scaling.
 * ``segmentation``: per-slice Dice, IoU and HD95, per-patient means.
@@ -10,6 +12,7 @@ Labels equal to -1 mean "unknown" everywhere and are ignored; undefined values a
 (JSON ``null``) in the returned dicts, NaN in arrays.
 """
 
+from mritumor.evaluation.bootstrap import bootstrap_intervals
 from mritumor.evaluation.calibration import (
     apply_temperature,
     calibration_errors,
@@ -18,7 +21,6 @@ from mritumor.evaluation.calibration import (
 )
 from mritumor.evaluation.curves import plot_confusion_matrix, plot_pr_ovr, plot_roc_ovr
 from mritumor.evaluation.metrics import (
-    bootstrap_intervals,
     classification_metrics,
     classification_report_with_ci,
     cv_summary,

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from mritumor.data.labels import LabelSpace
+from mritumor.evaluation.bootstrap import bootstrap_intervals
 from mritumor.evaluation.calibration import calibration_errors, plot_reliability_diagram
 from mritumor.evaluation.curves import plot_confusion_matrix, plot_pr_ovr, plot_roc_ovr
-from mritumor.evaluation.metrics import bootstrap_intervals, classification_report_with_ci
+from mritumor.evaluation.metrics import classification_report_with_ci
 from mritumor.models.hierarchical import hierarchical_probabilities
 
 log = logging.getLogger(__name__)

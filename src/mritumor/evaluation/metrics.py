@@ -1,7 +1,9 @@
 """Classification metrics with patient-level bootstrap intervals and cross-validation summaries.
 
-Every function takes one row per *patient* (aggregate slice predictions to patients first), so
-the bootstrap resamples patients, the unit a paper's confidence interval has to be about.
+Every function takes one row per *patient* (aggregate slice predictions to patients first), or
+slice rows with their patients as ``groups``, so the bootstrap resamples patients, the unit a
+paper's confidence interval has to be about. The bootstrap itself is
+``mritumor.evaluation.bootstrap``, the one ``mritumor compare`` uses too.
 Rows whose label is ``-1`` (unknown, e.g. a grade the source does not give) are ignored.
 
 Outputs are plain dicts of Python floats/ints/lists with ``None`` for undefined values, so they
@@ -10,10 +12,9 @@ can be written to JSON as they are.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 from scipy.stats import rankdata
 from sklearn.metrics import (
     accuracy_score,
@@ -22,6 +23,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
+
+from mritumor.evaluation.bootstrap import bootstrap_intervals, by_group, rank_auc
 
 UNKNOWN_LABEL = -1
 CI_HEADLINE_METRICS = (
@@ -160,78 +163,6 @@ def classification_metrics(
     }
 
 
-def _percentile_interval(samples: list[float], alpha: float) -> tuple[float | None, float | None]:
-    if not samples:
-        return None, None
-    low, high = np.percentile(samples, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(low), float(high)
-
-
-def _is_defined(value) -> bool:
-    return value is not None and not np.isnan(value)
-
-
-def bootstrap_intervals(
-    metric_fn: Callable[[np.ndarray], dict],
-    n_items: int,
-    n_boot: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> dict:
-    """Percentile bootstrap over items (patients) for every metric ``metric_fn`` returns.
-
-    ``metric_fn(indices)`` computes a flat ``{name: float | None}`` on the items ``indices``;
-    it is called once on all items (the point estimate) and once per resample of ``n_items``
-    indices drawn with replacement.
-
-    Returns ``{name: {'value', 'low', 'high', 'n_boot_valid'}}``. A resample where a metric is
-    undefined (``None``/NaN, e.g. a class missing from it) is left out of that metric's
-    interval; ``n_boot_valid`` says how many were used, and ``low``/``high`` are ``None`` when
-    none was. A percentile interval need not contain ``value`` for very skewed metrics.
-
-    Written by hand rather than with ``scipy.stats.bootstrap`` because scipy resamples data
-    arrays for one numeric statistic, whereas we need (a) every metric from the *same*
-    resampled patients, computed once per resample, and (b) metrics that may be undefined in a
-    resample without aborting the whole interval.
-    """
-    if n_items < 1:
-        raise ValueError("bootstrap needs at least one item")
-    point = metric_fn(np.arange(n_items))
-    rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {name: [] for name in point}
-    for _ in range(n_boot):
-        resampled = metric_fn(rng.integers(0, n_items, size=n_items))
-        for name, value in resampled.items():
-            if name in samples and _is_defined(value):
-                samples[name].append(float(value))
-    intervals = {}
-    for name, value in point.items():
-        low, high = _percentile_interval(samples[name], alpha)
-        intervals[name] = {
-            "value": float(value) if _is_defined(value) else None,
-            "low": low,
-            "high": high,
-            "n_boot_valid": len(samples[name]),
-        }
-    return intervals
-
-
-def by_group(
-    metric_fn: Callable[[np.ndarray], dict], groups: Sequence
-) -> tuple[Callable[[np.ndarray], dict], int]:
-    """A cluster bootstrap: ``metric_fn`` over rows becomes a function over *groups* (patients),
-    each drawn group bringing all its rows. For slice-level metrics whose interval must be
-    about patients. Returns ``(group_fn, n_groups)`` for :func:`bootstrap_intervals`."""
-    codes, uniques = pd.factorize(np.asarray(groups, dtype=object))
-    order = np.argsort(codes, kind="stable")
-    members = np.split(order, np.cumsum(np.bincount(codes, minlength=len(uniques)))[:-1])
-
-    def group_fn(group_indices: np.ndarray) -> dict:
-        return metric_fn(np.concatenate([members[g] for g in group_indices]))
-
-    return group_fn, len(uniques)
-
-
 def _interval_metrics(metrics: dict) -> dict:
     """The flat subset of ``classification_metrics`` that gets a confidence interval."""
     flat = {name: metrics[name] for name in CI_HEADLINE_METRICS}
@@ -255,14 +186,6 @@ def _ratio_or_nan(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     out = np.full(np.shape(numerator), np.nan)
     np.divide(numerator, denominator, out=out, where=denominator > 0)
     return out
-
-
-def _rank_auc(is_positive: np.ndarray, ranks: np.ndarray) -> float:
-    """ROC AUC as the Mann-Whitney U statistic; mid-ranks count ties as 1/2, like sklearn's
-    trapezoidal rule."""
-    n_pos = int(is_positive.sum())
-    n_neg = len(is_positive) - n_pos
-    return float((ranks[is_positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _step_average_precision(is_positive: np.ndarray, scores: np.ndarray) -> float:
@@ -295,7 +218,7 @@ def _fast_interval_metrics(y: np.ndarray, probs: np.ndarray, class_names: list[s
     for k in range(n_classes):
         is_positive = y == k
         defined = has_both_outcomes(is_positive)
-        aucs.append(_rank_auc(is_positive, ranks[:, k]) if defined else None)
+        aucs.append(rank_auc(is_positive, None, ranks=ranks[:, k]) if defined else None)
         aps.append(_step_average_precision(is_positive, probs[:, k]) if defined else None)
     flat = {
         "accuracy": float(true_pos.sum() / len(y)),

@@ -23,17 +23,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from mritumor.data.labels import LabelSpace
+from mritumor.evaluation.bootstrap import bootstrap_intervals, by_group
 from mritumor.evaluation.calibration import (
     apply_temperature,
     calibration_errors,
     plot_reliability_diagram,
 )
 from mritumor.evaluation.curves import plot_confusion_matrix, plot_pr_ovr, plot_roc_ovr
-from mritumor.evaluation.metrics import (
-    bootstrap_intervals,
-    by_group,
-    classification_report_with_ci,
-)
+from mritumor.evaluation.metrics import classification_report_with_ci
 from mritumor.evaluation.segmentation import dice_iou, hd95, per_patient_mean
 
 log = logging.getLogger(__name__)
