@@ -699,3 +699,7 @@ def _walk_files(
                         else "not a regular file"
                     )
                     skipped.append(Problem(str(path), f"{reason}; skipped"))
+
+
+patient_rows = _patient_rows
+dicom_rows = _dicom_rows
