@@ -199,3 +199,27 @@ def test_old_format_checkpoints_load_evaluate_and_predict(
         record = json.loads(capsys.readouterr().out)["patients"][0]
         predicted = [record["type_probabilities"][t] for t in types]
         np.testing.assert_allclose(predicted, expected.numpy(), atol=2e-6)
+
+
+def test_evaluate_and_explain_import_no_training_stack(hierarchical_checkpoint, trained_data, tmp_path):  # fmt: skip
+    """One real process each: `mritumor evaluate` and `mritumor explain` of a hierarchical
+    checkpoint load it through models.loading, without Lightning or the task modules (before
+    the shared loading layer both imported mritumor.tasks.hierarchical, hence Lightning)."""
+    import subprocess
+    import sys
+
+    commands = {
+        "evaluate": ["evaluate", "--outdir", str(tmp_path / "e"), "--n_boot", "10"],
+        "explain": ["explain", "--outdir", str(tmp_path / "x"), "--max_patients", "1"],
+    }
+    for name, argv in commands.items():
+        argv = [*argv, "--checkpoint", str(hierarchical_checkpoint), "--data_root", str(trained_data)]  # fmt: skip
+        code = (
+            "import sys, json; from mritumor.cli import main; "
+            f"assert main(['-q', *{argv!r}]) == 0; "
+            "heavy = [m for m in ('lightning', 'pytorch_lightning', 'mritumor.tasks') "
+            "if m in sys.modules]; sys.stderr.write(json.dumps(heavy))"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stderr.strip().splitlines()[-1]) == [], name
