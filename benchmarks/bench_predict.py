@@ -30,8 +30,9 @@ import torch
 from mritumor.checkpoints import git_commit
 from mritumor.cli import main as mritumor
 from mritumor.data.synthetic import write_synthetic_dataset
-from mritumor.inference import load_model
-from mritumor.predict import Predictor, discover
+from mritumor.inference.inputs import discover
+from mritumor.inference.predictor import Predictor
+from mritumor.models.loading import load_model
 
 
 def train_checkpoint(work: Path, backbone: str, size: int, bag_size: int) -> Path:

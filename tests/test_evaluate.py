@@ -18,33 +18,7 @@ from mritumor.cli import main
 from mritumor.data.synthetic import write_synthetic_dataset
 
 SIZE = 32
-TRAIN = {
-    "hierarchical": [
-        "train-hierarchical", "--bag_size", "4", "--batch_size", "4", "--n_boot", "20",
-        "--accelerator", "cpu",
-    ],
-    "multitask": ["train-multitask", "--variant", "D", "--batch_size", "16", "--n_boot", "20"],
-}  # fmt: skip
 NOT_ARTIFACTS = {"best.pt", "checkpoints", "logs"}  # the model itself and training state
-
-
-def trained(tmp_path_factory, task: str) -> Path:
-    """A tiny checkpoint trained once per test session (the same helper as test_predict's)."""
-    base = tmp_path_factory.getbasetemp() / "mritumor-trained"
-    checkpoint = base / task / "best.pt"
-    if not checkpoint.is_file():
-        data = base / "data"
-        if not data.is_dir():
-            write_synthetic_dataset(
-                data, patients_per_class=2, slices_per_patient=4, image_size=SIZE, seed=1
-            )
-        common = [
-            "--data_root", str(data), "--outdir", str(base / task), "--backbone", "small_cnn",
-            "--image_size", str(SIZE), "--epochs", "1", "--augment", "none", "--patience", "0",
-            "--num_workers", "0", "--val_frac", "0.2", "--test_frac", "0.3",
-        ]  # fmt: skip
-        assert main(["-q", *TRAIN[task], *common]) == 0
-    return checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +45,8 @@ def artifacts(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()} - NOT_ARTIFACTS
 
 
-def test_hierarchical_external_validation(tmp_path_factory, external, tmp_path, capsys):
-    checkpoint = trained(tmp_path_factory, "hierarchical")
+def test_hierarchical_external_validation(hierarchical_checkpoint, external, tmp_path, capsys):
+    checkpoint = hierarchical_checkpoint
     out = tmp_path / "eval"
     assert evaluate(checkpoint, external, out) == 0
     assert "evaluated 10 patient(s)" in capsys.readouterr().out
@@ -114,8 +88,8 @@ def test_hierarchical_external_validation(tmp_path_factory, external, tmp_path, 
         assert record["type_probabilities"][t] == pytest.approx(first[f"p_type_{t}"], abs=1e-6)
 
 
-def test_split_file_restricts_to_its_test_part(tmp_path_factory, external, tmp_path):
-    checkpoint = trained(tmp_path_factory, "hierarchical")
+def test_split_file_restricts_to_its_test_part(hierarchical_checkpoint, external, tmp_path):
+    checkpoint = hierarchical_checkpoint
     patients = sorted(p.name for p in external.glob("*/*"))
     split = {"train": patients[:6], "val": patients[6:7], "test": patients[7:], "strategy": "given"}
     (tmp_path / "split.json").write_text(json.dumps(split))
@@ -124,8 +98,8 @@ def test_split_file_restricts_to_its_test_part(tmp_path_factory, external, tmp_p
     assert sorted(pd.read_csv(out / "predictions.csv")["patient_id"]) == patients[7:]
 
 
-def test_multitask_external_validation(tmp_path_factory, external, tmp_path):
-    checkpoint = trained(tmp_path_factory, "multitask")
+def test_multitask_external_validation(multitask_checkpoint, external, tmp_path):
+    checkpoint = multitask_checkpoint
     out = tmp_path / "eval"
     assert evaluate(checkpoint, external, out, "--no_calibration") == 0
     assert artifacts(checkpoint.parent) <= artifacts(out), artifacts(checkpoint.parent) - artifacts(out)  # fmt: skip
@@ -140,8 +114,10 @@ def test_multitask_external_validation(tmp_path_factory, external, tmp_path):
     assert json.loads((out / "evaluation.json").read_text())["temperature"] == 1.0
 
 
-def test_unknown_types_and_channels_are_refused(tmp_path_factory, external, tmp_path, capsys):
-    checkpoint = trained(tmp_path_factory, "hierarchical")
+def test_unknown_types_and_channels_are_refused(
+    hierarchical_checkpoint, external, tmp_path, capsys
+):
+    checkpoint = hierarchical_checkpoint
     renamed = tmp_path / "renamed"
     shutil.copytree(external, renamed)
     (renamed / "pituitary-g1").rename(renamed / "glioblastoma-g4")
@@ -157,8 +133,8 @@ def test_unknown_types_and_channels_are_refused(tmp_path_factory, external, tmp_
     assert "3-channel" in err and "1-channel" in err
 
 
-def test_unknown_grade_becomes_unknown_with_a_warning(tmp_path_factory, external, tmp_path, capsys):  # fmt: skip
-    checkpoint = trained(tmp_path_factory, "hierarchical")
+def test_unknown_grade_becomes_unknown_with_a_warning(hierarchical_checkpoint, external, tmp_path, capsys):  # fmt: skip
+    checkpoint = hierarchical_checkpoint
     renamed = tmp_path / "renamed"
     shutil.copytree(external, renamed)
     (renamed / "astrocytoma-g3").rename(renamed / "astrocytoma-g4")
@@ -173,3 +149,77 @@ def test_unknown_grade_becomes_unknown_with_a_warning(tmp_path_factory, external
     assert metrics["n_patients"] == 10 and metrics["n_patients_with_grade"] == 8
     table = pd.read_csv(out / "predictions.csv")
     assert table.loc[table["patient_id"].str.contains("g3"), "true_grade"].isna().all()
+
+
+def test_old_format_checkpoints_load_evaluate_and_predict(
+    old_format_checkpoints, trained_data, tmp_path, capsys
+):
+    """Checkpoints in the layout written before the loading layer was shared (conftest writes
+    them key by key) load with their weights, and evaluate and predict give the saved
+    network's probabilities, computed here by hand with the network itself."""
+    import torch
+
+    from mritumor.data.cache import Preprocessing, SliceCache
+    from mritumor.data.readers import read_catalog
+    from mritumor.models.loading import load_model
+
+    catalog = read_catalog(trained_data)
+    patient = catalog.patients[0]
+    prep = Preprocessing(image_size=32, channels=1)
+    cache = SliceCache.build(catalog.subset([patient]), prep, progress=False)
+    images = torch.stack([cache.image(i) for i in range(len(cache))])
+    patient_dir = next(trained_data.glob(f"*/{patient}"))
+    for task, (path, network) in old_format_checkpoints.items():
+        loaded = load_model(path)
+        assert loaded.task == task and loaded.temperature == 1.7
+        saved = network.state_dict()
+        assert set(loaded.model.state_dict()) == set(saved)
+        for key, value in loaded.model.state_dict().items():
+            assert torch.equal(value, saved[key]), key
+        with torch.no_grad():
+            if task == "hierarchical":  # its bag of 4 is the patient's 4 slices
+                bag = torch.ones(1, len(images), dtype=torch.bool)
+                expected = torch.softmax(network(images[None], bag)["type_logits"][0] / 1.7, -1)
+            else:  # the patient's probabilities are the mean of its slices'
+                expected = torch.softmax(network(images)["class_logits"] / 1.7, -1).mean(0)
+        types = loaded.labels.types
+
+        out = tmp_path / task
+        assert evaluate(path, trained_data, out) == 0
+        summary = json.loads((out / "evaluation.json").read_text())
+        assert summary["n_patients"] == 10 and summary["temperature"] == 1.7
+        rows = pd.read_csv(out / "predictions.csv")
+        rows = rows[rows["patient_id"] == patient]
+        assert len(rows) == (1 if task == "hierarchical" else len(images))
+        evaluated = rows[[f"p_type_{t}" for t in types]].to_numpy().mean(axis=0)
+        np.testing.assert_allclose(evaluated, expected.numpy(), atol=1e-5)
+
+        capsys.readouterr()
+        assert main(["-q", "predict", "--checkpoint", str(path), "--input", str(patient_dir)]) == 0
+        record = json.loads(capsys.readouterr().out)["patients"][0]
+        predicted = [record["type_probabilities"][t] for t in types]
+        np.testing.assert_allclose(predicted, expected.numpy(), atol=2e-6)
+
+
+def test_evaluate_and_explain_import_no_training_stack(hierarchical_checkpoint, trained_data, tmp_path):  # fmt: skip
+    """One real process each: `mritumor evaluate` and `mritumor explain` of a hierarchical
+    checkpoint load it through models.loading, without Lightning or the task modules (before
+    the shared loading layer both imported mritumor.tasks.hierarchical, hence Lightning)."""
+    import subprocess
+    import sys
+
+    commands = {
+        "evaluate": ["evaluate", "--outdir", str(tmp_path / "e"), "--n_boot", "10"],
+        "explain": ["explain", "--outdir", str(tmp_path / "x"), "--max_patients", "1"],
+    }
+    for name, argv in commands.items():
+        argv = [*argv, "--checkpoint", str(hierarchical_checkpoint), "--data_root", str(trained_data)]  # fmt: skip
+        code = (
+            "import sys, json; from mritumor.cli import main; "
+            f"assert main(['-q', *{argv!r}]) == 0; "
+            "heavy = [m for m in ('lightning', 'pytorch_lightning', 'mritumor.tasks') "
+            "if m in sys.modules]; sys.stderr.write(json.dumps(heavy))"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stderr.strip().splitlines()[-1]) == [], name

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +13,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mritumor.checkpoints import load_checkpoint, save_checkpoint
+from mritumor.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from mritumor.cli import main
-from mritumor.data.synthetic import write_synthetic_dataset
 from mritumor.errors import MritumorError
 from mritumor.explain.attribution import (
     gradcam_maps,
@@ -26,15 +24,18 @@ from mritumor.explain.attribution import (
     slice_occlusion,
     window_starts,
 )
+from mritumor.explain.explainable import explainable_model
 from mritumor.explain.metrics import (
     mask_share,
     pointing_game_hit,
     share_in_mask,
     summarise_scores,
 )
-from mritumor.explain.run import choose_patients, load_explainable
+from mritumor.explain.run import choose_patients
 from mritumor.models.backbones import build_encoder
 from mritumor.models.hierarchical import TwoStepClassifier
+from mritumor.models.loading import load_model
+from mritumor.models.multitask import build_multitask_model
 
 # ----------------------------------------------------------------------------- a model that
 # really depends on the tumour
@@ -357,52 +358,10 @@ def test_summarise_scores_per_class():
 # ----------------------------------------------------------------------------- the command
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("explain")
-    data = write_synthetic_dataset(
-        root / "data",
-        patients_per_class=4,
-        slices_per_patient=5,
-        image_size=32,
-        seed=2,
-        classes=(("astrocytoma", "2"), ("meningioma", "1")),
-    )
-    run = root / "run"
-    code = main(
-        [
-            "-q",
-            "train-hierarchical",
-            "--data_root",
-            str(data),
-            "--outdir",
-            str(run),
-            "--epochs",
-            "1",
-            "--batch_size",
-            "2",
-            "--bag_size",
-            "4",
-            "--backbone",
-            "small_cnn",
-            "--image_size",
-            "32",
-            "--augment",
-            "none",
-            "--test_frac",
-            "0.25",
-            "--val_frac",
-            "0.25",
-            "--n_boot",
-            "10",
-            "--patience",
-            "0",
-            "--accelerator",
-            "cpu",
-        ]
-    )
-    assert code == 0
-    return data, run / "best.pt"
+@pytest.fixture
+def trained(trained_data, hierarchical_checkpoint) -> tuple[Path, Path]:
+    """The shared tiny hierarchical checkpoint (tests/conftest.py) and the data it learnt."""
+    return trained_data, hierarchical_checkpoint
 
 
 def mask_of(image_path: str) -> np.ndarray:
@@ -445,7 +404,7 @@ def test_explain_command_end_to_end(trained, tmp_path: Path):
     slices = pd.read_csv(out / "slices.csv")
     assert set(slices["patient_id"]) == set(patients)
     for patient, group in slices.groupby("patient_id"):
-        assert len(group) == 4  # bag of 4 of the patient's 5 slices (uniform policy)
+        assert len(group) == 4  # the checkpoint's bag of 4 (the patients have 4 slices)
         assert group["attention_weight"].sum() == pytest.approx(1.0, abs=1e-5)
         assert sorted(group["rank"]) == [1, 2, 3, 4]
         explained = group[group["explained"]]
@@ -493,75 +452,54 @@ def test_explain_defaults_to_the_test_patients_and_rejects_unknown_ones(trained,
     assert "nobody" in capsys.readouterr().err
 
 
-def test_multitask_dispatch(monkeypatch):
-    # the multitask module not written (or broken): a clear error, not a traceback
+def test_explanation_loads_without_the_training_tasks(
+    hierarchical_checkpoint, multitask_checkpoint, tmp_path, monkeypatch
+):
+    """Both kinds of checkpoint become explainable models through models.loading alone (the
+    Lightning task modules made unimportable); other checkpoints are refused, named."""
+    monkeypatch.setitem(sys.modules, "mritumor.tasks.hierarchical", None)
     monkeypatch.setitem(sys.modules, "mritumor.tasks.multitask", None)
-    with pytest.raises(MritumorError, match="multitask checkpoints are not supported yet"):
-        load_explainable({"task": "multitask"})
-    with pytest.raises(MritumorError, match="cannot explain"):
-        load_explainable({"task": "simclr"})
+    hierarchical = explainable_model(load_model(hierarchical_checkpoint))
+    payload = load_checkpoint(hierarchical_checkpoint)
+    assert hierarchical.class_names == payload["labels"]["types"]
+    assert hierarchical.bag_model is not None and hierarchical.bag_size == 4
+    assert hierarchical.test_patients == payload["split"]["test"]
+    assert hierarchical.temperature == pytest.approx(payload["temperature"])
+    multitask = explainable_model(load_model(multitask_checkpoint), temperature=1.0)
+    assert multitask.bag_model is None and multitask.temperature == 1.0
+    assert multitask.gradcam_layer is not None
+    logits = multitask.slice_classifier(torch.rand(2, 1, 32, 32))
+    assert logits.shape == (2, len(multitask.class_names))
+    with pytest.raises(CheckpointError, match="pretrain"):
+        load_model(save_checkpoint({"simclr_state": {}}, tmp_path / "ssl.pt"))
+    with pytest.raises(CheckpointError, match="not a model checkpoint"):
+        load_model(save_checkpoint({"task": "simclr"}, tmp_path / "other.pt"))
 
 
-class FakeMultitask(nn.Module):
-    """Slice model with the multitask contract: dict(class_logits, mask_logits)."""
-
-    def __init__(self, classify: bool = True):
-        super().__init__()
-        torch.manual_seed(0)
-        self.encoder = build_encoder("small_cnn", 1, 32)
-        self.head = nn.Linear(self.encoder.feature_dim, 2) if classify else None
-        self.segment = nn.Conv2d(1, 1, 1)
-
-    def forward(self, images):
-        logits = self.head(self.encoder(images)) if self.head is not None else None
-        return {"class_logits": logits, "mask_logits": self.segment(images)}
-
-
-def test_multitask_checkpoints_plug_in(trained, tmp_path, monkeypatch):
-    data, _ = trained
-    fake = types.ModuleType("mritumor.tasks.multitask")
-    fake.model_from_checkpoint = lambda checkpoint: FakeMultitask(checkpoint["classify"])
-    monkeypatch.setitem(sys.modules, "mritumor.tasks.multitask", fake)
-    checkpoint = save_checkpoint(
-        {
-            "task": "multitask",
-            "classify": True,
-            "labels": {"types": ["astrocytoma", "meningioma"], "grades": [], "pairs": []},
-            "preprocessing": {"image_size": 32, "channels": 1},
-            "split": {"train": [], "val": [], "test": ["syn-meningioma-g1-p002"]},
-        },
-        tmp_path / "multitask.pt",
-    )
+def test_multitask_checkpoints_are_explained(trained_data, multitask_checkpoint, tmp_path, capsys):
+    patient = "syn-meningioma-g1-p001"
     out = tmp_path / "mt"
-    args = ["-q", "explain", "--checkpoint", str(checkpoint), "--data_root", str(data)]
-    assert main([*args, "--outdir", str(out), "--top_slices", "1", "--window", "8"]) == 0
+    args = ["-q", "explain", "--checkpoint", str(multitask_checkpoint), "--data_root", str(trained_data)]  # fmt: skip
+    assert main([*args, "--outdir", str(out), "--top_slices", "1", "--window", "8", "--patients", patient]) == 0  # fmt: skip
     summary = json.loads((out / "attribution_summary.json").read_text())
-    assert [p["patient_id"] for p in summary["patients"]] == ["syn-meningioma-g1-p002"]
+    assert summary["task"] == "multitask"
+    assert [p["patient_id"] for p in summary["patients"]] == [patient]
     slices = pd.read_csv(out / "slices.csv")
-    assert len(slices) == 5 and slices["attention_weight"].isna().all()  # every slice, no bag
+    assert len(slices) == 4 and slices["attention_weight"].isna().all()  # every slice, no bag
     best = slices.sort_values("rank").iloc[0]
     assert best["slice_probability"] == slices["slice_probability"].max() and best["explained"]
     assert set(summary["attribution"]) == {"occlusion", "gradcam"}
 
-    segmentation_only = save_checkpoint(
-        {"task": "multitask", "classify": False, "preprocessing": {"image_size": 32}},
-        tmp_path / "seg.pt",
-    )
-    assert (
-        main(
-            [
-                "-q",
-                "explain",
-                "--checkpoint",
-                str(segmentation_only),
-                "--data_root",
-                str(data),
-                "--outdir",
-                str(tmp_path / "s"),
-            ]
-        )
-        == 2
-    )
+    # a segmentation-only (variant A) network has no class prediction to explain
+    payload = load_checkpoint(multitask_checkpoint)
+    config = {**payload["model_config"], "variant": "A"}
+    net = build_multitask_model("A", config["n_classes"], config["backbone"], config["in_channels"], config["image_size"])  # fmt: skip
+    payload.update(model_config=config, model_state=net.state_dict())
+    segmentation_only = save_checkpoint({k: v for k, v in payload.items() if k != "format"}, tmp_path / "seg.pt")  # fmt: skip
+    args = ["-q", "explain", "--checkpoint", str(segmentation_only), "--data_root", str(trained_data)]  # fmt: skip
+    capsys.readouterr()
+    assert main([*args, "--outdir", str(tmp_path / "s")]) == 2
+    assert "no classification head" in capsys.readouterr().err
 
 
 def test_max_patients_takes_patients_in_turn_from_each_type():

@@ -12,48 +12,15 @@ import torch
 
 from mritumor.checkpoints import load_checkpoint
 from mritumor.cli import main
-from mritumor.data.synthetic import write_synthetic_dataset
+from mritumor.models.loading import network_from_checkpoint
 
 SIZE = 32
 ATOL = 1e-4
-TRAIN = {
-    "hierarchical": [
-        "train-hierarchical", "--bag_size", "4", "--batch_size", "4", "--n_boot", "20",
-        "--accelerator", "cpu",
-    ],
-    "multitask": ["train-multitask", "--variant", "D", "--batch_size", "16", "--n_boot", "20"],
-}  # fmt: skip
-
-
-def trained(tmp_path_factory, task: str) -> Path:
-    """A tiny checkpoint trained once per test session (the same helper as test_predict's)."""
-    base = tmp_path_factory.getbasetemp() / "mritumor-trained"
-    checkpoint = base / task / "best.pt"
-    if not checkpoint.is_file():
-        data = base / "data"
-        if not data.is_dir():
-            write_synthetic_dataset(
-                data, patients_per_class=2, slices_per_patient=4, image_size=SIZE, seed=1
-            )
-        common = [
-            "--data_root", str(data), "--outdir", str(base / task), "--backbone", "small_cnn",
-            "--image_size", str(SIZE), "--epochs", "1", "--augment", "none", "--patience", "0",
-            "--num_workers", "0", "--val_frac", "0.2", "--test_frac", "0.3",
-        ]  # fmt: skip
-        assert main(["-q", *TRAIN[task], *common]) == 0
-    return checkpoint
 
 
 def pytorch_outputs(task: str, checkpoint: Path, inputs: tuple) -> dict:
-    """The training code's own network (tasks.*.model_from_checkpoint), not the export wrapper."""
-    if task == "hierarchical":
-        from mritumor.tasks.hierarchical import model_from_checkpoint
-
-        model = model_from_checkpoint(load_checkpoint(checkpoint))
-    else:
-        from mritumor.tasks.multitask import model_from_checkpoint
-
-        model = model_from_checkpoint(load_checkpoint(checkpoint))
+    """The checkpoint's own network (what training and predict run), not the export wrapper."""
+    model = network_from_checkpoint(load_checkpoint(checkpoint))
     with torch.no_grad():
         out = model(*inputs)
     return {k: v.numpy() for k, v in out.items() if k != "class_embedding"}
@@ -80,9 +47,9 @@ def assert_same(expected: dict, got: dict) -> None:
 
 
 @pytest.mark.parametrize("task", ["hierarchical", "multitask"])
-def test_onnx_matches_pytorch_in_onnxruntime(task, tmp_path_factory, tmp_path, capsys):
+def test_onnx_matches_pytorch_in_onnxruntime(task, request, tmp_path, capsys):
     ort = pytest.importorskip("onnxruntime")
-    checkpoint = trained(tmp_path_factory, task)
+    checkpoint = request.getfixturevalue(f"{task}_checkpoint")
     output = tmp_path / "model.onnx"
     assert main(["-q", "export", "--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(output)]) == 0  # fmt: skip
     assert "matches PyTorch" in capsys.readouterr().out
@@ -99,8 +66,8 @@ def test_onnx_matches_pytorch_in_onnxruntime(task, tmp_path_factory, tmp_path, c
 
 
 @pytest.mark.parametrize("task", ["hierarchical", "multitask"])
-def test_torchscript_matches_pytorch(task, tmp_path_factory, tmp_path):
-    checkpoint = trained(tmp_path_factory, task)
+def test_torchscript_matches_pytorch(task, request, tmp_path):
+    checkpoint = request.getfixturevalue(f"{task}_checkpoint")
     output = tmp_path / "model.pt"
     assert main(["-q", "export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--output", str(output)]) == 0  # fmt: skip
     extra = {"mritumor.json": ""}
@@ -115,8 +82,8 @@ def test_torchscript_matches_pytorch(task, tmp_path_factory, tmp_path):
         assert_same(pytorch_outputs(task, checkpoint, inputs), got)
 
 
-def test_export_refuses_what_it_cannot_do(tmp_path_factory, tmp_path, capsys):
-    checkpoint = trained(tmp_path_factory, "multitask")
+def test_export_refuses_what_it_cannot_do(multitask_checkpoint, tmp_path, capsys):
+    checkpoint = multitask_checkpoint
     (tmp_path / "folder.onnx").mkdir()
     capsys.readouterr()
     assert main(["-q", "export", "--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(tmp_path / "folder.onnx")]) == 2  # fmt: skip
@@ -125,13 +92,13 @@ def test_export_refuses_what_it_cannot_do(tmp_path_factory, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-def test_verification_catches_a_wrong_export(tmp_path_factory, tmp_path):
+def test_verification_catches_a_wrong_export(multitask_checkpoint, tmp_path):
     """The built-in check is not a formality: a file from another model fails it."""
     from mritumor.errors import MritumorError
     from mritumor.export import export_model, verify_export
-    from mritumor.inference import load_model
+    from mritumor.models.loading import load_model
 
-    checkpoint = trained(tmp_path_factory, "multitask")
+    checkpoint = multitask_checkpoint
     output = tmp_path / "m.pt"
     export_model(checkpoint, "torchscript", output, verify=False)
     loaded = load_model(checkpoint)

@@ -10,11 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 import torch
 from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from mritumor.checkpoints import load_checkpoint, save_checkpoint
 from mritumor.cli import main
@@ -22,44 +26,19 @@ from mritumor.data import io
 from mritumor.data.cache import Preprocessing, SliceCache, preprocess_mask
 from mritumor.data.readers import read_catalog
 from mritumor.data.synthetic import write_synthetic_dataset
+from mritumor.models.loading import hierarchical_network, load_model, multitask_network
 
 SIZE = 32
-TRAIN = {
-    "hierarchical": [
-        "train-hierarchical", "--bag_size", "4", "--batch_size", "4", "--n_boot", "20",
-        "--accelerator", "cpu",
-    ],
-    "multitask": ["train-multitask", "--variant", "D", "--batch_size", "16", "--n_boot", "20"],
-}  # fmt: skip
-
-
-def trained(tmp_path_factory, task: str) -> Path:
-    """A tiny checkpoint trained once per test session (shared by test_evaluate/test_export)."""
-    base = tmp_path_factory.getbasetemp() / "mritumor-trained"
-    checkpoint = base / task / "best.pt"
-    if not checkpoint.is_file():
-        data = base / "data"
-        if not data.is_dir():
-            write_synthetic_dataset(
-                data, patients_per_class=2, slices_per_patient=4, image_size=SIZE, seed=1
-            )
-        common = [
-            "--data_root", str(data), "--outdir", str(base / task), "--backbone", "small_cnn",
-            "--image_size", str(SIZE), "--epochs", "1", "--augment", "none", "--patience", "0",
-            "--num_workers", "0", "--val_frac", "0.2", "--test_frac", "0.3",
-        ]  # fmt: skip
-        assert main(["-q", *TRAIN[task], *common]) == 0
-    return checkpoint
 
 
 @pytest.fixture(scope="module")
-def hierarchical_ckpt(tmp_path_factory) -> Path:
-    return with_temperature(trained(tmp_path_factory, "hierarchical"), 2.5)
+def hierarchical_ckpt(hierarchical_checkpoint) -> Path:
+    return with_temperature(hierarchical_checkpoint, 2.5)
 
 
 @pytest.fixture(scope="module")
-def multitask_ckpt(tmp_path_factory) -> Path:
-    return with_temperature(trained(tmp_path_factory, "multitask"), 2.5)
+def multitask_ckpt(multitask_checkpoint) -> Path:
+    return with_temperature(multitask_checkpoint, 2.5)
 
 
 def with_temperature(checkpoint: Path, temperature: float) -> Path:
@@ -108,9 +87,7 @@ def cache_images(data_root: Path, patient: str, checkpoint: Path) -> tuple[torch
 
 
 def by_hand_hierarchical(checkpoint: Path, images: torch.Tensor, temperature: float) -> dict:
-    from mritumor.tasks.hierarchical import model_from_checkpoint
-
-    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    model = hierarchical_network(load_checkpoint(checkpoint))
     with torch.no_grad():
         out = model(images[None], torch.ones(1, len(images), dtype=torch.bool))
     types = torch.softmax(out["type_logits"][0] / temperature, -1).numpy()
@@ -126,9 +103,7 @@ def by_hand_hierarchical(checkpoint: Path, images: torch.Tensor, temperature: fl
 
 
 def by_hand_multitask(checkpoint: Path, images: torch.Tensor, temperature: float) -> dict:
-    from mritumor.tasks.multitask import model_from_checkpoint
-
-    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    model = multitask_network(load_checkpoint(checkpoint))
     with torch.no_grad():
         out = model(images)
     return {
@@ -176,10 +151,6 @@ def test_patient_folder_hierarchical_equals_model_by_hand(hierarchical_ckpt, coh
 
 
 def write_dicom(path: Path, pixels: np.ndarray, instance: int, z: float) -> None:
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -198,7 +169,6 @@ def write_dicom(path: Path, pixels: np.ndarray, instance: int, z: float) -> None
 
 
 def test_dicom_series_in_slice_position_order(hierarchical_ckpt, cohort, tmp_path, capsys):
-    pytest.importorskip("pydicom")
     pngs = sorted(cohort.glob("meningioma-g1/*/slice_00[0-3].png"))
     patient = tmp_path / "dicom" / "meningioma-g1" / "D1"  # labelled, for the cache by hand
     # file names in reverse anatomical order: the position (z) must decide
@@ -222,13 +192,15 @@ def test_dicom_series_in_slice_position_order(hierarchical_ckpt, cohort, tmp_pat
 
 
 def test_nothing_heavy_is_imported_on_the_predict_path(hierarchical_ckpt, cohort):
-    """One real process: JSON on stdout, and neither Lightning nor MONAI imported by
-    mritumor.predict (building the CLI's parser imports neither: tests/test_cli.py)."""
+    """One real process: JSON on stdout, and neither Lightning, MONAI nor the training tasks
+    imported by mritumor.inference.predict (building the CLI's parser imports neither:
+    tests/test_cli.py)."""
     patient_dir = next(cohort.glob("meningioma-g1/*"))
     code = (
-        "import sys, json; from mritumor.predict import predict; "
+        "import sys, json; from mritumor.inference.predict import predict; "
         f"predict({str(hierarchical_ckpt)!r}, {str(patient_dir)!r}, progress=False); "
-        "heavy = [m for m in ('lightning', 'monai', 'pytorch_lightning') if m in sys.modules]; "
+        "heavy = [m for m in ('lightning', 'monai', 'pytorch_lightning', 'mritumor.tasks') "
+        "if m in sys.modules]; "
         "sys.stderr.write(json.dumps(heavy))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -292,7 +264,7 @@ def test_single_png_multitask_and_masks_at_original_size(multitask_ckpt, cohort,
 def test_mask_back_to_original_size_inverts_the_cache_geometry():
     """A mask taken through the cache's own resize (pad to square, resize) and back lands on
     the original pixels: same place, same orientation, for tall and wide images."""
-    from mritumor.predict import mask_at_original_size
+    from mritumor.inference.predictor import mask_at_original_size
 
     prep = Preprocessing(image_size=64, channels=1)
     for height, width in ((90, 60), (50, 120)):
@@ -306,7 +278,6 @@ def test_mask_back_to_original_size_inverts_the_cache_geometry():
 
 
 def test_nifti_volume_masks_keep_shape_affine_and_orientation(multitask_ckpt, tmp_path, capsys):
-    nib = pytest.importorskip("nibabel")
     rng = np.random.default_rng(3)
     volume = (rng.random((36, 44, 3)) * 400).astype(np.int16)
     affine = np.array([[0.9, 0, 0, -20], [0, 1.1, 0, 7], [0, 0, 3.0, 40], [0, 0, 0, 1]])
@@ -336,8 +307,8 @@ def test_nifti_volume_masks_keep_shape_affine_and_orientation(multitask_ckpt, tm
 
 def test_mask_volume_lines_up_with_the_slices_the_data_layer_reads(tmp_path):
     """Each written plane, read back by the data layer as a mask, is the 2-D mask given."""
-    nib = pytest.importorskip("nibabel")
-    from mritumor.predict import SliceRef, _write_mask_volume
+    from mritumor.inference.inputs import SliceRef
+    from mritumor.inference.outputs import _write_mask_volume
 
     path = tmp_path / "v.nii"
     nib.save(nib.Nifti1Image(np.zeros((20, 30, 2), np.float32), np.eye(4)), str(path))
@@ -425,23 +396,28 @@ def test_clear_errors(hierarchical_ckpt, multitask_ckpt, cohort, tmp_path, capsy
     assert "3-channel" in err and "1-channel" in err
 
 
-def test_inference_networks_equal_the_training_tasks(hierarchical_ckpt, multitask_ckpt):
-    """inference.py rebuilds the networks without Lightning: they must be the tasks' own."""
-    from mritumor.inference import load_model
-    from mritumor.tasks.hierarchical import model_from_checkpoint as hierarchical_model
-    from mritumor.tasks.multitask import model_from_checkpoint as multitask_model
+def test_one_loading_layer_holds_the_checkpoints_weights(hierarchical_ckpt, multitask_ckpt, tmp_path):  # fmt: skip
+    """Training and inference load through models.loading: the network holds the checkpoint's
+    weights bit for bit, in eval mode; weights that do not fit the config are refused, named."""
+    from mritumor.checkpoints import CheckpointError
+    from mritumor.tasks import hierarchical, multitask
 
-    x = torch.rand(2, 3, 1, SIZE, SIZE)
-    mask = torch.tensor([[True, True, True], [True, True, False]])
-    with torch.no_grad():
-        ours = load_model(hierarchical_ckpt).model(x, mask)
-        theirs = hierarchical_model(load_checkpoint(hierarchical_ckpt))(x, mask)
-        for key in ("type_logits", "grade_logits", "slice_weights"):
-            torch.testing.assert_close(ours[key], theirs[key])
-        ours = load_model(multitask_ckpt).model(x[0])
-        theirs = multitask_model(load_checkpoint(multitask_ckpt))(x[0])
-        for key in ("class_logits", "mask_logits"):
-            torch.testing.assert_close(ours[key], theirs[key])
+    assert hierarchical.model_from_checkpoint is hierarchical_network
+    assert multitask.model_from_checkpoint is multitask_network
+    for path in (hierarchical_ckpt, multitask_ckpt):
+        state = load_checkpoint(path)["model_state"]
+        loaded = load_model(path)
+        assert not any(m.training for m in loaded.model.modules())
+        got = loaded.model.state_dict()
+        assert set(got) == set(state)
+        for key, value in state.items():
+            assert torch.equal(got[key], value), key
+        payload = load_checkpoint(path)
+        payload["model_state"] = {k: v for k, v in state.items() if not k.endswith(".bias")}
+        broken = save_checkpoint({k: v for k, v in payload.items() if k != "format"}, tmp_path / "b.pt")  # fmt: skip
+        with pytest.raises(CheckpointError, match="do not fit") as error:
+            load_model(broken)
+        assert str(broken) in str(error.value)
 
 
 def test_unreadable_slice_is_skipped_and_the_bag_chosen_again(hierarchical_ckpt, cohort, tmp_path, capsys):  # fmt: skip
@@ -459,7 +435,7 @@ def test_folded_batchnorm_gives_the_same_outputs(name):
     norms become Identity where they followed a convolution, the original is left untouched."""
     from torch import nn
 
-    from mritumor.inference import fold_batchnorm
+    from mritumor.inference.predictor import fold_batchnorm
     from mritumor.models.backbones import build_encoder
 
     torch.manual_seed(0)

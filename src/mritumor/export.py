@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from mritumor.errors import MritumorError
-from mritumor.inference import LoadedModel, load_model
+from mritumor.models.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript")

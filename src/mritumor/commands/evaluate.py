@@ -60,7 +60,7 @@ def register(subcommands) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from mritumor.commands.common import save_resolved_config
-    from mritumor.inference import evaluate_checkpoint
+    from mritumor.inference.evaluate import evaluate_checkpoint
 
     if args.batch_size < 1 or args.n_boot < 0:
         from mritumor.errors import MritumorError

@@ -74,7 +74,7 @@ def register(subcommands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from mritumor.predict import predict
+    from mritumor.inference.predict import predict
 
     document = predict(
         args.checkpoint,

@@ -37,12 +37,14 @@ from mritumor.data.transforms import build_transform
 from mritumor.evaluation.calibration import fit_temperature
 from mritumor.evaluation.hierarchical import evaluate_hierarchical
 from mritumor.evaluation.metrics import cv_summary
-from mritumor.models.backbones import build_encoder, encoder_from_config
+from mritumor.inference.loops import predict_bags  # shared with `mritumor evaluate`
+from mritumor.models.backbones import build_encoder
 from mritumor.models.hierarchical import (
     TwoStepClassifier,
     hierarchical_loss,
     hierarchical_probabilities,
 )
+from mritumor.models.loading import hierarchical_network as model_from_checkpoint
 from mritumor.models.simclr import extract_encoder_state
 from mritumor.resources import check_writable
 from mritumor.training import (
@@ -266,32 +268,6 @@ def class_weights(dataset: PatientBagDataset, n_types: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-@torch.no_grad()
-def predict_bags(model: TwoStepClassifier, loader: DataLoader) -> dict:
-    """Raw outputs for every patient of a loader, in dataset order."""
-    model.eval()
-    device = next(model.parameters()).device
-    type_logits, grade_logits, weights, rows = [], [], [], []
-    for batch in loader:
-        outputs = model(batch["images"].to(device), batch["mask"].to(device))
-        type_logits.append(outputs["type_logits"].float().cpu())
-        grade_logits.append(outputs["grade_logits"].float().cpu())
-        for i in range(batch["mask"].shape[0]):
-            real = batch["mask"][i]
-            weights.append(outputs["slice_weights"][i][real.to(device)].float().cpu().numpy())
-            rows.append(batch["rows"][i][real].numpy())
-    dataset = loader.dataset
-    return {
-        "patient_ids": list(dataset.patient_ids),
-        "type_true": np.asarray(dataset.types),
-        "grade_true": np.asarray(dataset.grades),
-        "type_logits": torch.cat(type_logits) if type_logits else torch.empty(0),
-        "grade_logits": torch.cat(grade_logits) if grade_logits else torch.empty(0),
-        "slice_weights": weights,
-        "slice_rows": rows,
-    }
-
-
 # ----------------------------------------------------------------------------- the command
 
 
@@ -458,14 +434,6 @@ def checkpoint_payload(
         },
         "metadata": run_metadata(),
     }
-
-
-def model_from_checkpoint(checkpoint: dict) -> TwoStepClassifier:
-    labels = LabelSpace.from_dict(checkpoint["labels"])
-    encoder = encoder_from_config(checkpoint["encoder_config"])
-    model = TwoStepClassifier(encoder, labels.allowed(), **checkpoint["model_config"])
-    model.load_state_dict(checkpoint["model_state"])
-    return model.eval()
 
 
 def probabilities_from_prediction(prediction: dict, temperature: float = 1.0) -> dict:

@@ -34,10 +34,11 @@ from mritumor.data.fast_path import batch_augment, training_data_device
 from mritumor.data.labels import LabelSpace
 from mritumor.data.prepare import PreparedData, prepare_data
 from mritumor.data.splits import Split
-from mritumor.errors import DataError, MritumorError
+from mritumor.errors import DataError
 from mritumor.evaluation.calibration import fit_temperature
 from mritumor.evaluation.multitask import evaluate_multitask, write_comparison
-from mritumor.models.backbones import input_statistics
+from mritumor.inference.loops import predict_slices  # shared with `mritumor evaluate`
+from mritumor.models.loading import multitask_network as model_from_checkpoint
 from mritumor.models.multitask import (
     VARIANTS,
     MultiTaskNet,
@@ -412,34 +413,6 @@ def finish_variant(args, outdir: Path, labels: LabelSpace, loaders: dict, data) 
     )
 
 
-@torch.no_grad()
-def predict_slices(model: MultiTaskNet, loader: DataLoader) -> dict:
-    """Raw outputs for every slice of a loader, in dataset order: class logits (N, K) and
-    predicted masks (N, S, S) bool, with true labels and masks."""
-    model.eval()
-    device = next(model.parameters()).device
-    logits, masks, true_masks, has_mask, rows, types = [], [], [], [], [], []
-    for batch in loader:
-        outputs = model(batch["image"].to(device))
-        if "class_logits" in outputs:
-            logits.append(outputs["class_logits"].float().cpu())
-        if "mask_logits" in outputs:
-            masks.append((outputs["mask_logits"][:, 0] > 0).cpu().numpy())
-        true_masks.append(batch["mask"][:, 0].numpy().astype(bool))
-        has_mask.append(batch["has_mask"].numpy())
-        rows.append(batch["row"].numpy())
-        types.append(batch["tumor_type"].numpy())
-    empty = np.zeros(0)
-    return {
-        "rows": np.concatenate(rows) if rows else empty.astype(int),
-        "type_true": np.concatenate(types) if types else empty.astype(int),
-        "class_logits": torch.cat(logits) if logits else None,
-        "pred_masks": np.concatenate(masks) if masks else None,
-        "true_masks": np.concatenate(true_masks) if true_masks else None,
-        "has_mask": np.concatenate(has_mask) if has_mask else empty.astype(bool),
-    }
-
-
 def checkpoint_payload(model: MultiTaskNet, variant: str, labels: LabelSpace, data, args) -> dict:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     split = data.split
@@ -475,37 +448,3 @@ def checkpoint_payload(model: MultiTaskNet, variant: str, labels: LabelSpace, da
         },
         "metadata": run_metadata(),
     }
-
-
-def model_from_checkpoint(checkpoint: dict) -> MultiTaskNet:
-    """The network a ``train-multitask`` checkpoint holds, in eval mode."""
-    if checkpoint.get("task") != "multitask":
-        raise CheckpointError(
-            f"not a multi-task checkpoint (task {checkpoint.get('task')!r}); it was made by another command"
-        )
-    config = checkpoint["model_config"]
-    model = build_multitask_model(
-        config["variant"],
-        config["n_classes"],
-        config["backbone"],
-        config["in_channels"],
-        config["image_size"],
-        pretrained=False,
-        hidden_dim=config["hidden_dim"],
-        dropout=config["dropout"],
-        decoder=config.get("decoder", "fcn"),  # checkpoints before the U-Net decoder: fcn
-    )
-    normalisation = checkpoint["encoder_config"].get("input_normalisation", "none")
-    if normalisation != "none":  # ImageNet-initialised networks expect standardised inputs
-        from dataclasses import replace
-
-        mean, std = input_statistics(normalisation, config["in_channels"])
-        model.encoder.input_mean, model.encoder.input_std = mean, std
-        model.encoder.config = replace(model.encoder.config, input_normalisation=normalisation)
-    try:
-        model.load_state_dict(checkpoint["model_state"])
-    except RuntimeError as error:
-        raise MritumorError(
-            f"the checkpoint's weights do not fit its own config: {error}"
-        ) from error
-    return model.eval()

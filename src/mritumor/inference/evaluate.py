@@ -1,0 +1,154 @@
+"""``mritumor evaluate``: external validation of a checkpoint on any dataset the data layer
+reads, with the same artifacts as the end of training (plus ``evaluation.json``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from mritumor.errors import DataError
+from mritumor.inference.checks import check_channels, check_types, unknown_grades
+from mritumor.models.loading import load_model
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data_root: str | Path,
+    outdir: str | Path,
+    split_file: str | Path | None = None,
+    format: str | None = None,
+    strict: bool = False,
+    batch_size: int = 8,
+    n_boot: int = 1000,
+    seed: int = 0,
+    calibrated: bool = True,
+    n_overlays: int = 8,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """The full test evaluation of a trained model on ``data_root``: every patient (or the test
+    part of ``split_file``), the checkpoint's preprocessing, bags and temperature; the same
+    artifacts as at the end of training, plus ``evaluation.json`` (what was evaluated)."""
+    from mritumor.data.cache import SliceCache, infer_channels
+    from mritumor.data.readers import read_catalog
+    from mritumor.data.splits import Split, load_split
+    from mritumor.resources import check_writable
+
+    outdir = check_writable(outdir, "--outdir")
+    loaded = load_model(checkpoint)
+    catalog = read_catalog(data_root, format=format, strict=strict)
+    check_channels(infer_channels(catalog), loaded, f"--data_root {data_root}")
+    if split_file:
+        split = load_split(split_file, catalog.table)
+        patients = [p for p in split.test if p in set(catalog.patients)]
+        strategy = f"test part of {split_file}"
+    else:
+        patients = catalog.patients
+        strategy = "external: every patient of the data is a test patient"
+    if not patients:
+        raise DataError(f"no test patient of --split_file {split_file} is in {data_root}")
+    catalog = catalog.subset(patients)
+    trained_on = set((loaded.checkpoint.get("split") or {}).get("train") or []) | set(
+        (loaded.checkpoint.get("split") or {}).get("val") or []
+    )
+    seen = [p for p in patients if p in trained_on]
+    if seen:
+        log.warning(
+            "%d of the %d patients evaluated were training or validation patients of this "
+            "checkpoint (e.g. %s): their metrics are optimistic; --split_file SPLIT.json of the "
+            "training run evaluates its test part only",
+            len(seen),
+            len(patients),
+            ", ".join(seen[:3]),
+        )
+    check_types(catalog.table["tumor_type"].unique(), loaded, f"--data_root {data_root}")
+    odd_grades = unknown_grades(catalog.table, loaded) if loaded.task == "hierarchical" else {}
+    if odd_grades:
+        log.warning(
+            "grade(s) unknown to the model (it knows %s): %s; these patients' grade is treated "
+            "as unknown (no grade metric)",
+            ", ".join(loaded.labels.grades) or "none",
+            ", ".join(f"{g} ({n} patient(s))" for g, n in odd_grades.items()),
+        )
+    cache = SliceCache.build(
+        catalog, loaded.preprocessing, cache_dir=cache_dir, strict=strict, progress=progress
+    )
+    patients = cache.catalog.patients  # patients whose every slice failed to decode are gone
+    temperature = loaded.temperature if calibrated else 1.0
+    if loaded.task == "hierarchical":
+        result = _evaluate_hierarchical(loaded, cache, patients, outdir, temperature, batch_size, n_boot, seed)  # fmt: skip
+    else:
+        result = _evaluate_multitask(
+            loaded, cache, patients, outdir, temperature, batch_size, n_boot, seed, n_overlays
+        )
+    Split(train=[], val=[], test=list(patients), strategy=strategy, seed=seed).save(
+        outdir / "split.json"
+    )
+    summary = {
+        "checkpoint": str(Path(checkpoint).absolute()),
+        "task": loaded.task,
+        "variant": loaded.variant,
+        "data_root": str(Path(data_root).absolute()),
+        "split": strategy,
+        "n_patients": len(patients),
+        "n_slices": len(cache.catalog),
+        "skipped_items": len(cache.catalog.problems),
+        "temperature": temperature,
+        "calibrated": calibrated and temperature != 1.0,
+        "unknown_grades": odd_grades,
+        "preprocessing": loaded.checkpoint.get("preprocessing"),
+        "bag": {"bag_size": loaded.bag_size, "bag_policy": loaded.bag_policy}
+        if loaded.task == "hierarchical"
+        else None,
+        "model_made": (loaded.checkpoint.get("metadata") or {}).get("date"),
+    }
+    (outdir / "evaluation.json").write_text(json.dumps(summary, indent=2))
+    return {**result, "evaluation": summary}
+
+
+def _evaluate_hierarchical(loaded, cache, patients, outdir, temperature, batch_size, n_boot, seed):
+    from torch.utils.data import DataLoader
+
+    from mritumor.data.datasets import PatientBagDataset, collate_bags
+    from mritumor.evaluation.hierarchical import evaluate_hierarchical
+    from mritumor.inference.loops import predict_bags  # the loop training's test part uses
+
+    dataset = PatientBagDataset(cache, patients, loaded.labels, loaded.bag_size, loaded.bag_policy)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_bags)
+    prediction = predict_bags(loaded.model, loader)
+    return evaluate_hierarchical(
+        prediction,
+        loaded.labels,
+        outdir,
+        temperature=temperature,
+        n_boot=n_boot,
+        seed=seed,
+        catalog=cache.catalog,
+    )
+
+
+def _evaluate_multitask(
+    loaded, cache, patients, outdir, temperature, batch_size, n_boot, seed, n_overlays
+):
+    from torch.utils.data import DataLoader
+
+    from mritumor.data.datasets import SliceDataset, rows_of_patients
+    from mritumor.evaluation.multitask import evaluate_multitask
+    from mritumor.inference.loops import predict_slices  # the loop training's test part uses
+
+    dataset = SliceDataset(cache, rows_of_patients(cache, patients), loaded.labels)
+    prediction = predict_slices(loaded.model, DataLoader(dataset, batch_size=batch_size))
+    return evaluate_multitask(
+        prediction,
+        loaded.labels,
+        outdir,
+        cache=cache,
+        variant=loaded.variant,
+        temperature=temperature,
+        n_boot=n_boot,
+        seed=seed,
+        n_overlays=n_overlays,
+    )
