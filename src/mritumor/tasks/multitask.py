@@ -73,6 +73,20 @@ def segmentation_loss(
     return DiceCELoss(sigmoid=True, batch=True)(mask_logits, masks.float())
 
 
+def ema_with_warmup(decay: float):
+    """The exponential-moving-average step of :class:`torch.optim.swa_utils.AveragedModel` with
+    the decay ramped up as ``min(decay, (1 + n) / (10 + n))`` after n updates (as timm's
+    ``ModelEmaV2`` warm-up): a fixed 0.99 from the first step keeps a third of the random
+    initial weights after 100 steps, and that average of far-apart weights predicts nothing."""
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, n_averaged) -> torch.Tensor:
+        n = float(n_averaged)
+        rate = min(decay, (1 + n) / (10 + n))
+        return averaged + (current - averaged) * (1 - rate)
+
+    return average
+
+
 def warmup_cosine(optimizer, epochs: int, warmup_epochs: int):
     """Linear warm-up from a tenth of the learning rate over ``warmup_epochs``, then cosine
     decay over the rest (stepped per epoch)."""
@@ -117,11 +131,9 @@ class MultiTaskTask(L.LightningModule):
         # lag of BatchNorm's running statistics behind the weights.
         self.ema = None
         if ema_decay > 0:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            from torch.optim.swa_utils import AveragedModel
 
-            self.ema = AveragedModel(
-                model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
-            )
+            self.ema = AveragedModel(model, avg_fn=ema_with_warmup(ema_decay), use_buffers=True)
         self.seg_weight = seg_weight if model.segments and stage != "classification" else 0.0
         self.cls_weight = cls_weight if model.classifies and stage != "segmentation" else 0.0
         self.register_buffer("class_weights", class_weights, persistent=False)
