@@ -98,3 +98,21 @@ def test_contrastive_pairs_never_return_labels_and_same_patient_partner(cache):
     with pytest.raises(ValueError):
         ContrastivePairDataset(cache, rows, noisy, positive_pairs="labels")
     assert np.array_equal(np.sort(rows), rows)
+
+
+def test_tumour_bags_keep_only_slices_whose_mask_shows_tumour(cache):
+    labels = LabelSpace.from_table(cache.catalog.table)
+    patient = "meningioma-P1"
+    rows = rows_of_patients(cache, [patient])
+    emptied = rows[[0, 2]]
+    cache.masks[emptied] = 0  # two of the four slices without tumour
+    dataset = PatientBagDataset(
+        cache, [patient], labels, bag_size=8, bag_policy="all", slices="tumour"
+    )
+    assert dataset.rows[patient].tolist() == sorted(set(rows) - set(emptied))
+    assert dataset[0]["rows"].tolist() == dataset.rows[patient].tolist()
+    cache.masks[rows] = 0  # no tumour anywhere: the whole stack is kept
+    dataset = PatientBagDataset(cache, [patient], labels, slices="tumour")
+    assert dataset.rows[patient].tolist() == rows.tolist()
+    with pytest.raises(ValueError, match="slices"):
+        PatientBagDataset(cache, [patient], labels, slices="some")

@@ -17,10 +17,20 @@ from mritumor.data.labels import LabelSpace
 
 Transform = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
 BAG_POLICIES = ("uniform", "random", "all")
+BAG_SLICES = ("all", "tumour")
 
 
 def identity(image, mask):
     return image, mask
+
+
+def tumour_rows(cache: SliceCache, rows: np.ndarray) -> np.ndarray:
+    """The rows whose cached mask has a tumour pixel; all rows when none has (a patient without
+    masks, or whose masks are all empty, keeps its whole stack)."""
+    with_tumour = [
+        row for row in rows if cache.has_mask[row] and np.asarray(cache.masks[row]).any()
+    ]
+    return np.asarray(with_tumour, dtype=rows.dtype) if with_tumour else rows
 
 
 def rows_of_patients(cache: SliceCache, patient_ids: Sequence[str]) -> np.ndarray:
@@ -126,9 +136,15 @@ class PatientBagDataset(Dataset):
         bag_size: int = 8,
         bag_policy: str = "uniform",
         transform: Transform = identity,
+        slices: str = "all",
     ):
+        """``slices``: all of a patient's slices, or only those whose mask shows tumour
+        (:func:`tumour_rows`): in a full LGG stack most slices show no tumour, and a bag of
+        eight evenly spaced slices holds one or two that carry the grade."""
         if bag_size < 1:
             raise ValueError("bag_size must be ≥ 1")
+        if slices not in BAG_SLICES:
+            raise ValueError(f"slices must be one of {BAG_SLICES}, not {slices!r}")
         bag_positions(1, bag_size, bag_policy)  # validates the policy early
         self.cache, self.labels, self.transform = cache, labels, transform
         self.bag_size, self.bag_policy = bag_size, bag_policy
@@ -137,6 +153,8 @@ class PatientBagDataset(Dataset):
         self.rows = {
             p: np.flatnonzero((table["patient_id"] == p).to_numpy()) for p in self.patient_ids
         }
+        if slices == "tumour":
+            self.rows = {p: tumour_rows(cache, rows) for p, rows in self.rows.items()}
         first = {p: rows[0] for p, rows in self.rows.items()}
         self.types = [labels.type_index(table.at[first[p], "tumor_type"]) for p in self.patient_ids]
         self.grades = [labels.grade_index(table.at[first[p], "grade"]) for p in self.patient_ids]
