@@ -1,0 +1,122 @@
+"""Conformal sets, OOD scores and selective prediction against hand computations and
+independent implementations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import mahalanobis
+
+from mritumor.evaluation.conformal import (
+    class_scores,
+    conformal_threshold,
+    prediction_sets,
+    set_metrics,
+)
+from mritumor.evaluation.ood import OODDetector, auroc, energy_score
+from mritumor.evaluation.selective import accuracy_at, risk_coverage
+
+PROBS = np.array([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.1, 0.3, 0.6], [0.3, 0.3, 0.4]])
+
+
+def test_lac_and_aps_scores_by_hand():
+    np.testing.assert_allclose(class_scores(PROBS, "lac"), 1 - PROBS)
+    # aps: mass of the classes ranked at or above each class
+    expected = np.array(
+        [[0.7, 0.9, 1.0], [0.5, 0.9, 1.0], [1.0, 0.9, 0.6], [0.7, 1.0, 0.4]]
+    )  # the last row's tie (0.3, 0.3) is broken by class order
+    np.testing.assert_allclose(class_scores(PROBS, "aps"), expected)
+
+
+def test_threshold_is_the_finite_sample_order_statistic():
+    labels = [0, 1, 2, 0]
+    # lac scores of the true classes: 0.3, 0.6, 0.4, 0.7; n = 4
+    # coverage 0.6: rank ceil(5 * 0.6) = 3 → third smallest = 0.6
+    assert conformal_threshold(PROBS, labels, 0.6, "lac") == pytest.approx(0.6)
+    # coverage 0.9: rank ceil(4.5) = 5 > n → every class
+    assert conformal_threshold(PROBS, labels, 0.9, "lac") == math.inf
+    sets = prediction_sets(PROBS, 0.6, "lac")
+    # classes with p ≥ 0.4, plus the arg-max
+    assert sets.tolist() == [
+        [True, False, False],
+        [True, True, False],
+        [False, False, True],
+        [False, False, True],
+    ]
+    metrics = set_metrics(sets, labels, ["a", "b", "c"])
+    assert metrics["coverage"] == pytest.approx(3 / 4)  # unit 3 (true a) gets {c}
+    assert metrics["mean_set_size"] == pytest.approx(5 / 4)
+    assert metrics["per_class"]["a"] == {"n": 2, "coverage": 0.5, "mean_set_size": 1.0}
+
+
+def simulated(rng, n, k=3):
+    """Probabilities from a Dirichlet and labels drawn from them (a calibrated model)."""
+    probs = rng.dirichlet(np.full(k, 0.6), size=n)
+    labels = (rng.random(n)[:, None] > probs.cumsum(axis=1)).sum(axis=1)
+    return probs, labels
+
+
+@pytest.mark.parametrize("method", ["lac", "aps"])
+def test_coverage_over_many_calibrations_is_at_least_nominal(method):
+    rng = np.random.default_rng(0)
+    coverages = []
+    for _ in range(400):
+        cal_probs, cal_labels = simulated(rng, 10)
+        test_probs, test_labels = simulated(rng, 200)
+        threshold = conformal_threshold(cal_probs, cal_labels, 0.9, method)
+        sets = prediction_sets(test_probs, threshold, method)
+        coverages.append(sets[np.arange(200), test_labels].mean())
+    mean, se = np.mean(coverages), np.std(coverages) / np.sqrt(len(coverages))
+    assert mean >= 0.9 - 3 * se
+    # the plain quantile without the (n + 1) correction under-covers: the test can tell
+    broken = []
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        cal_probs, cal_labels = simulated(rng, 10)
+        test_probs, test_labels = simulated(rng, 200)
+        scores = class_scores(cal_probs, method)[np.arange(10), cal_labels]
+        sets = prediction_sets(test_probs, float(np.quantile(scores, 0.9)), method)
+        broken.append(sets[np.arange(200), test_labels].mean())
+    assert np.mean(broken) < 0.9 - 3 * se
+
+
+def test_mahalanobis_matches_scipy_and_threshold_keeps_the_share():
+    rng = np.random.default_rng(1)
+    features = np.r_[rng.normal(0, 1, (200, 4)), rng.normal(3, 1, (200, 4))]
+    labels = np.r_[np.zeros(200, int), np.ones(200, int)]
+    detector = OODDetector.fit(features, labels)
+    probe = rng.normal(1, 2, (5, 4))
+    expected = [
+        min(mahalanobis(x, detector.means[k], detector.precision) ** 2 for k in range(2))
+        for x in probe
+    ]
+    np.testing.assert_allclose(detector.score(probe), expected)
+    val = detector.score(rng.normal(0, 1, (100, 4)))
+    threshold = detector.calibrate(val, keep=0.95)
+    assert (val <= threshold).mean() == pytest.approx(0.95)
+    far = detector.score(rng.normal(8, 1, (50, 4)))
+    assert auroc(val, far) > 0.99
+    restored = OODDetector.from_state(detector.to_state())
+    np.testing.assert_allclose(restored.score(probe), expected)
+    assert restored.threshold == threshold
+
+
+def test_energy_is_minus_logsumexp():
+    logits = np.array([[1.0, 2.0, 3.0], [1000.0, 0.0, -5.0]])
+    expected = [
+        -np.log(np.exp(logits[0]).sum()),
+        -1000.0 - np.log(1 + np.exp(-1000) + np.exp(-1005)),
+    ]
+    np.testing.assert_allclose(energy_score(logits), expected)
+
+
+def test_risk_coverage_by_hand():
+    confidence = [0.9, 0.8, 0.7, 0.6]
+    correct = [True, False, True, True]
+    curve = risk_coverage(confidence, correct)
+    assert curve["risk"] == pytest.approx([0, 1 / 2, 1 / 3, 1 / 4])
+    assert curve["aurc"] == pytest.approx((0 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+    assert accuracy_at(confidence, correct, 0.5) == pytest.approx(0.5)
+    assert accuracy_at(confidence, correct, 0.75) == pytest.approx(2 / 3)
