@@ -34,7 +34,9 @@ def test_task_validates_the_average_not_the_live_weights():
             p.add_(1.0)
     task.on_train_batch_end(None, None, 1)
     rate = min(0.5, 2 / 11)  # n_averaged = 1 at the second update
-    for averaged, old, live in zip(task.eval_model.parameters(), before, model.parameters()):
+    for averaged, old, live in zip(
+        task.eval_model.parameters(), before, model.parameters(), strict=True
+    ):
         assert torch.allclose(averaged, rate * old + (1 - rate) * live)
     assert task.eval_model is not model
     assert MultiTaskTask(model, 1e-3, 0.0, 3).eval_model is model  # off: the live network
