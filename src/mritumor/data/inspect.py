@@ -82,6 +82,9 @@ def inspect_catalog(catalog: Catalog, progress: bool = True) -> dict:
         if "fold" in table.columns
         else None,
         "problems": [{"path": p.path, "reason": p.reason} for p in problems],
+        "warnings": sorted(set(table["leakage_warning"].dropna()))
+        if "leakage_warning" in table.columns
+        else [],
     }
 
 
@@ -133,6 +136,8 @@ def format_report(report: dict) -> str:
         lines.append(f"Predefined folds: {report['predefined_folds']}")
     if not report["has_grades"]:
         lines.append("Grades: none (grade metrics will be skipped)")
+    for warning in report.get("warnings", []):
+        lines += ["", f"WARNING: {warning}"]
     problems = report["problems"]
     lines += ["", f"Problems: {len(problems)}"]
     lines += [f"  {safe_text(p['path'])}: {p['reason']}" for p in problems]

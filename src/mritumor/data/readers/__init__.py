@@ -6,7 +6,8 @@ A problem with one file or patient never stops the others from loading: it is re
 :class:`Problem`, summarised, and fatal only under ``strict``.
 
 Sources: :mod:`.folder` (``ROOT/<type>[-g<grade>]/<patient>/<slices>``, with patient folders
-of 2-D files, NIfTI volumes or :mod:`.dicom` series), :mod:`.figshare` (MATLAB v7.3 slices and
+of 2-D files, NIfTI volumes or :mod:`.dicom` series), :mod:`.image_folders`
+(``ROOT/[split/]<class>/<images>``, one image per group), :mod:`.figshare` (MATLAB v7.3 slices and
 ``cvind.mat``), :mod:`.lgg` (TCGA-LGG ``kaggle_3m``) and :mod:`.manifest` (a CSV). A new source
 is a module here, an entry in ``FORMATS`` and ``_READERS``, and a rule in :func:`detect_format`.
 """
@@ -27,6 +28,11 @@ from mritumor.data.readers.common import MASK_NAME, walk_files
 from mritumor.data.readers.dicom import dicom_rows, slice_position
 from mritumor.data.readers.figshare import FIGSHARE_LABELS, read_figshare_mat
 from mritumor.data.readers.folder import CLASS_FOLDER, patient_rows, read_folder_tree
+from mritumor.data.readers.image_folders import (
+    LEAKAGE_WARNING,
+    looks_like_image_folders,
+    read_image_folders,
+)
 from mritumor.data.readers.lgg import LGG_GRADES, LGG_TYPES, find_lgg_cases, read_lgg_kaggle
 from mritumor.data.readers.manifest import read_manifest
 from mritumor.errors import DataError
@@ -35,6 +41,7 @@ __all__ = [
     "CLASS_FOLDER",
     "FIGSHARE_LABELS",
     "FORMATS",
+    "LEAKAGE_WARNING",
     "LGG_GRADES",
     "LGG_TYPES",
     "MASK_NAME",
@@ -44,6 +51,7 @@ __all__ = [
     "read_catalog",
     "read_figshare_mat",
     "read_folder_tree",
+    "read_image_folders",
     "read_lgg_kaggle",
     "read_manifest",
     "slice_position",
@@ -51,9 +59,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("folder", "figshare_mat", "lgg_kaggle", "manifest")
+FORMATS = ("folder", "image_folders", "figshare_mat", "lgg_kaggle", "manifest")
 _READERS = {
     "folder": read_folder_tree,
+    "image_folders": read_image_folders,
     "figshare_mat": read_figshare_mat,
     "lgg_kaggle": read_lgg_kaggle,
     "manifest": read_manifest,
@@ -102,4 +111,6 @@ def detect_format(root: Path) -> str:
         return "lgg_kaggle"
     if any(p.name.lower() != "cvind.mat" for p in walk_files(root, max_depth=2, suffix=".mat")):
         return "figshare_mat"
+    if looks_like_image_folders(root):
+        return "image_folders"
     return "folder"
