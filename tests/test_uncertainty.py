@@ -120,3 +120,36 @@ def test_risk_coverage_by_hand():
     assert curve["aurc"] == pytest.approx((0 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
     assert accuracy_at(confidence, correct, 0.5) == pytest.approx(0.5)
     assert accuracy_at(confidence, correct, 0.75) == pytest.approx(2 / 3)
+
+
+def test_fitted_state_round_trips_a_safe_checkpoint_and_keeps_its_promises(tmp_path):
+    from mritumor.checkpoints import load_checkpoint, save_checkpoint
+    from mritumor.evaluation.uncertainty import apply_uncertainty, fit_uncertainty, softmax
+
+    rng = np.random.default_rng(3)
+    n, d = 300, 6
+    train_labels = rng.integers(0, 3, n)
+    centres = rng.normal(0, 3, (3, d))
+    train = centres[train_labels] + rng.normal(0, 1, (n, d))
+    val_labels = rng.integers(0, 3, 120)
+    val = centres[val_labels] + rng.normal(0, 1, (120, d))
+    val_probs = softmax(-(((val[:, None, :] - centres[None]) ** 2).sum(-1)) / 4)
+    groups = [f"p{i // 4}" for i in range(120)]  # 30 patients of 4 slices
+    state = fit_uncertainty(train, train_labels, val, val_probs, val_labels, groups)
+    save_checkpoint({"uncertainty": state}, tmp_path / "u.pt")
+    state = load_checkpoint(tmp_path / "u.pt")["uncertainty"]
+    applied = apply_uncertainty(state, val, val_probs)
+    assert applied["in_distribution"].mean() == pytest.approx(0.95, abs=1 / 120)
+    covered = applied["sets"][np.arange(120), val_labels].mean()
+    assert covered >= 0.9  # on its own calibration units the quantile covers at least nominal
+    far = apply_uncertainty(state, rng.normal(20, 1, (10, d)), val_probs[:10])
+    assert not far["in_distribution"].any()
+    # patient level: thresholds of patient means/medians, computed here by hand
+    scores = applied["ood_score"].reshape(30, 4)
+    medians = np.sort(np.median(scores, axis=1))
+    assert state["patient"]["ood_threshold"] == pytest.approx(medians[int(np.ceil(0.95 * 30)) - 1])
+    patient_probs = val_probs.reshape(30, 4, 3).mean(axis=1)
+    patient_labels = val_labels.reshape(30, 4).max(axis=1)
+    true_scores = np.sort(1 - patient_probs[np.arange(30), patient_labels])
+    expected = true_scores[int(np.ceil(31 * 0.9)) - 1]
+    assert state["patient"]["conformal_threshold"] == pytest.approx(expected)

@@ -63,7 +63,12 @@ class TwoStepClassifier(nn.Module):
         grade_logits = self.grade_heads(patient).view(-1, self.n_types, max(self.n_grades, 1))
         grade_logits = grade_logits[..., : self.n_grades]
         grade_logits = grade_logits.masked_fill(~self.allowed_grades, float("-inf"))
-        return {"type_logits": type_logits, "grade_logits": grade_logits, "slice_weights": weights}
+        return {
+            "type_logits": type_logits,
+            "grade_logits": grade_logits,
+            "slice_weights": weights,
+            "patient_embedding": patient,  # what out-of-distribution scores are fitted on
+        }
 
 
 def hierarchical_probabilities(

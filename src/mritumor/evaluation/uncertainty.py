@@ -1,0 +1,135 @@
+"""Knowing when not to answer: what a checkpoint stores to flag unusual inputs and to answer
+with a set of classes, and how the test split scores it.
+
+Fitted at the end of training (:func:`fit_uncertainty`):
+
+* an :class:`~mritumor.evaluation.ood.OODDetector` on the *training* units' embeddings, its
+  threshold set on the *validation* units (95 % of them in distribution);
+* split-conformal thresholds (:mod:`mritumor.evaluation.conformal`) on the validation units'
+  calibrated probabilities, for ``coverage`` (0.9 by default).
+
+A unit is what the model predicts: a patient for the two-step classifier, a slice for the
+multi-task model; for the latter a patient-level threshold is also fitted on the validation
+patients' mean probabilities and median OOD scores, so ``predict`` can answer per patient.
+The state is plain tensors and numbers (``best.pt`` stays loadable with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from mritumor.evaluation.conformal import conformal_threshold, prediction_sets, set_metrics
+from mritumor.evaluation.ood import OODDetector, auroc
+from mritumor.evaluation.selective import risk_coverage
+
+UNCERTAINTY_VERSION = 1
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=float) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def by_patient(values: np.ndarray, groups: Sequence[str], reduce) -> tuple[list[str], np.ndarray]:
+    """Rows grouped by patient (first-appearance order), each group reduced along axis 0."""
+    groups = np.asarray(groups)
+    order = list(dict.fromkeys(groups.tolist()))
+    return order, np.stack([reduce(values[groups == g], axis=0) for g in order])
+
+
+def fit_uncertainty(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    val_features: np.ndarray,
+    val_probs: np.ndarray,
+    val_labels: np.ndarray,
+    val_groups: Sequence[str] | None = None,
+    coverage: float = 0.9,
+    method: str = "lac",
+    keep: float = 0.95,
+) -> dict:
+    """The state stored in ``best.pt`` under ``"uncertainty"``. ``val_groups`` (patient ids of
+    slice-level units) adds the patient-level thresholds."""
+    detector = OODDetector.fit(train_features, train_labels)
+    val_scores = detector.score(val_features)
+    detector.calibrate(val_scores, keep)
+    state = {
+        "version": UNCERTAINTY_VERSION,
+        "ood": detector.to_state(),
+        "conformal": {
+            "method": method,
+            "coverage": coverage,
+            "threshold": conformal_threshold(val_probs, val_labels, coverage, method),
+            "n_calibration": int((np.asarray(val_labels) >= 0).sum()),
+        },
+    }
+    if val_groups is not None:
+        _, patient_probs = by_patient(np.asarray(val_probs), val_groups, np.mean)
+        _, patient_scores = by_patient(val_scores, val_groups, np.median)
+        _, patient_labels = by_patient(np.asarray(val_labels), val_groups, np.max)
+        state["patient"] = {
+            "ood_threshold": float(
+                np.quantile(patient_scores, keep, method="inverted_cdf")
+                if len(patient_scores)
+                else np.inf
+            ),
+            "conformal_threshold": conformal_threshold(
+                patient_probs, patient_labels, coverage, method
+            ),
+        }
+    return state
+
+
+def apply_uncertainty(state: dict, features: np.ndarray, probs: np.ndarray) -> dict:
+    """Per unit: OOD score, ``in_distribution`` and the conformal set (boolean membership)."""
+    detector = OODDetector.from_state(state["ood"])
+    scores = detector.score(features)
+    conformal = state["conformal"]
+    return {
+        "ood_score": scores,
+        "ood_threshold": detector.threshold,
+        "in_distribution": scores <= detector.threshold,
+        "sets": prediction_sets(probs, conformal["threshold"], conformal["method"]),
+    }
+
+
+def uncertainty_report(
+    state: dict,
+    features: np.ndarray,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+) -> dict:
+    """What ``evaluate`` reports on labelled units: set coverage and size (overall and per
+    class), the risk–coverage curve, and the share flagged out of distribution."""
+    applied = apply_uncertainty(state, features, probs)
+    labels = np.asarray(labels, dtype=int)
+    known = labels >= 0
+    correct = probs.argmax(axis=1) == labels
+    curve = risk_coverage(probs.max(axis=1)[known], correct[known])
+    conformal = state["conformal"]
+    return {
+        "conformal": {
+            "method": conformal["method"],
+            "nominal_coverage": conformal["coverage"],
+            **set_metrics(applied["sets"], labels, class_names),
+        },
+        "selective": curve,
+        "ood": {
+            "threshold": applied["ood_threshold"],
+            "flagged_share": float((~applied["in_distribution"]).mean()),
+            "accuracy_in_distribution": float(correct[known & applied["in_distribution"]].mean())
+            if (known & applied["in_distribution"]).any()
+            else None,
+        },
+        "scores": applied["ood_score"],
+    }
+
+
+def ood_auroc(state: dict, in_features: np.ndarray, out_features: np.ndarray) -> float:
+    detector = OODDetector.from_state(state["ood"])
+    return auroc(detector.score(in_features), detector.score(out_features))
