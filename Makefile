@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint typecheck install clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,9 +23,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# mypy over src/ with the settings in pyproject.toml ([tool.mypy]): about 30 s from a cold
+# cache on two cores (20 s of CPU, 0.9 GB), under a second once .mypy_cache is warm.
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
 # The report's render test needs headless Chromium: the Debian package is installed when it is
 # missing (as root, or with password-less sudo); if that cannot be done the one test skips.
-test: lint
+test: lint typecheck
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing chromium (Debian package) for the report's render test"; \
 	  { { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
@@ -35,4 +40,4 @@ test: lint
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -93,24 +94,51 @@ def multitask(cohort: Path, out: Path, mode: str) -> int:
     )
 
 
+def numpy_dice(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Per-slice Dice 2|P∩T| / (|P| + |T|), 1 where both masks are empty (the documented
+    convention), counted with NumPy rather than MONAI."""
+    pred, true = pred.reshape(len(pred), -1) > 0.5, true.reshape(len(true), -1) > 0.5
+    overlap, total = (pred & true).sum(1), pred.sum(1) + true.sum(1)
+    return np.where(total == 0, 1.0, 2 * overlap / np.maximum(total, 1))
+
+
 def test_multitask_trains_through_the_device_loader(cohort: Path, tmp_path: Path, monkeypatch):
     from mritumor.tasks import multitask as task
 
-    used = []
-    original = task.slice_loaders
+    used, evaluated = [], []
+    original, original_evaluate = task.slice_loaders, task.evaluate_multitask
 
     def spy(*a, **k):
         loaders = original(*a, **k)
         used.append(type(loaders["train"]))
         return loaders
 
+    def evaluate_spy(prediction, *a, **k):
+        evaluated.append((prediction, k["cache"]))
+        return original_evaluate(prediction, *a, **k)
+
     monkeypatch.setattr(task, "slice_loaders", spy)
+    monkeypatch.setattr(task, "evaluate_multitask", evaluate_spy)
     assert multitask(cohort, tmp_path / "on", "on") == 0
     assert multitask(cohort, tmp_path / "again", "on") == 0
     assert multitask(cohort, tmp_path / "off", "off") == 0
     assert used == [DeviceSliceLoader, DeviceSliceLoader, torch.utils.data.DataLoader]
     metrics = json.loads((tmp_path / "on" / "test_metrics.json").read_text())
-    assert 0.0 <= metrics["dice"]["value"] <= 1.0
+    # Dice recomputed from the run's test masks; the reference masks are the cache's own
+    prediction, cache = evaluated[0]
+    scored = prediction["has_mask"].astype(bool)
+    assert scored.sum() > 0
+    for row, true in zip(prediction["rows"][scored], prediction["true_masks"][scored], strict=True):
+        np.testing.assert_array_equal(true, cache.mask(int(row)).numpy().reshape(true.shape) > 0)
+    dice = numpy_dice(prediction["pred_masks"][scored], prediction["true_masks"][scored])
+    assert metrics["dice"]["value"] == pytest.approx(dice.mean())
+    # the test outputs are the saved network's on the cache's slices of those rows, in that order
+    # (two epochs at 32 px predict mostly empty masks: the class logits are the sharper check)
+    network = task.model_from_checkpoint(load_checkpoint(tmp_path / "on" / "best.pt"))
+    with torch.no_grad():
+        out = network(torch.stack([cache.image(int(row)) for row in prediction["rows"]]))
+    torch.testing.assert_close(prediction["class_logits"], out["class_logits"])
+    np.testing.assert_array_equal(prediction["pred_masks"], out["mask_logits"][:, 0].numpy() > 0)
     # device batches draw from the generators EpochSeeding re-seeds: same seed, same weights
     first = load_checkpoint(tmp_path / "on" / "best.pt")["model_state"]
     second = load_checkpoint(tmp_path / "again" / "best.pt")["model_state"]
@@ -139,4 +167,7 @@ def test_pretrain_trains_through_the_device_pair_loader(cohort: Path, tmp_path: 
     )
     assert code == 0 and used == [DevicePairLoader]
     checkpoint = load_checkpoint(tmp_path / "ssl" / "simclr_pretrain.pt")
-    assert np.isfinite(checkpoint["metadata"]["best_val_loss"])
+    logs = [pd.read_csv(p) for p in sorted((tmp_path / "ssl").glob("logs/version_*/metrics.csv"))]
+    val_loss = pd.concat(logs)["val_loss"].dropna()
+    assert len(val_loss) == 2  # one validation per epoch
+    assert checkpoint["metadata"]["best_val_loss"] == pytest.approx(val_loss.min())

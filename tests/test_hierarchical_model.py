@@ -36,7 +36,8 @@ def test_type_without_grades_leaves_mass_out_and_normalised_fixes_it():
     probs = hierarchical_probabilities(type_logits, grade_logits)
     torch.testing.assert_close(probs["grade_e2e"], torch.tensor([[0.25, 0.25]]))
     torch.testing.assert_close(probs["grade_e2e_normalised"], torch.tensor([[0.5, 0.5]]))
-    assert torch.isfinite(probs["grade_given_type"]).all()
+    # type 0: both grades allowed, equal logits → ½ each; type 1 has none → 0, not NaN
+    torch.testing.assert_close(probs["grade_given_type"], torch.tensor([[[0.5, 0.5], [0.0, 0.0]]]))
 
 
 def tiny_model(pooling="attention", allowed=None):

@@ -31,8 +31,10 @@ from io import BytesIO
 from pathlib import Path
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 from PIL import Image
 
@@ -42,9 +44,6 @@ from mritumor.data import io
 from mritumor.data.cache import Preprocessing, SliceCache
 from mritumor.data.readers import CLASS_FOLDER, FIGSHARE_LABELS, read_catalog
 from mritumor.errors import MritumorError
-
-nib = pytest.importorskip("nibabel")
-pydicom = pytest.importorskip("pydicom")
 
 SIZE = 16
 CLASSES = ("astrocytoma-g2", "meningioma-g1")

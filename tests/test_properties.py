@@ -265,4 +265,11 @@ def test_two_step_probabilities_are_distributions(batch, n_types, n_grades, temp
     e2e = probs["grade_e2e"]
     expected_mass = (probs["type"] * has_grades.float()).sum(-1)
     torch.testing.assert_close(e2e.sum(-1), expected_mass, atol=1e-5, rtol=0)
-    assert (e2e >= 0).all() and torch.isfinite(probs["grade_e2e_normalised"]).all()
+    # P(g) = Σ_t P(t) P(g|t), summed out by broadcasting rather than einsum
+    torch.testing.assert_close(e2e, (probs["type"][:, :, None] * given_type).sum(1))
+    # normalised: a distribution over grades wherever some mass is left, zero where none is
+    normalised = probs["grade_e2e_normalised"]
+    kept = expected_mass > 1e-6
+    torch.testing.assert_close(normalised[kept].sum(-1), torch.ones(int(kept.sum())))
+    torch.testing.assert_close(normalised[kept], e2e[kept] / expected_mass[kept, None])
+    assert (normalised[expected_mass == 0] == 0).all()

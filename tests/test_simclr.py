@@ -343,11 +343,54 @@ def test_probes_separate_separable_features():
     assert flipped["linear_probe"]["accuracy"] == 0.0  # labels swapped: every answer wrong
 
 
+def test_balanced_accuracy_weights_each_class_equally():
+    # Test set: three "a" points near the a cluster, one "b" point also near it. Both probes
+    # answer "a" for all four: accuracy 3/4, balanced accuracy (1 + 0) / 2 = 1/2.
+    rng = np.random.default_rng(1)
+    train_x = np.concatenate([rng.normal(3, 0.3, (10, 4)), rng.normal(-3, 0.3, (10, 4))])
+    train_y = np.array(["a"] * 10 + ["b"] * 10)
+    test_x = rng.normal(3, 0.3, (4, 4))
+    test_y = np.array(["a", "a", "a", "b"])
+    scores = probe_scores(train_x, train_y, test_x, test_y, knn_k=3)
+    for probe in ("linear_probe", "knn"):
+        assert scores[probe]["accuracy"] == pytest.approx(0.75)
+        assert scores[probe]["balanced_accuracy"] == pytest.approx(0.5)
+    assert scores["knn"]["k"] == 3
+
+
+def cosine_knn_predict(train_x, train_y, test_x, k: int) -> np.ndarray:
+    """Majority vote of the k most cosine-similar training rows; a tie goes to the first class
+    in sorted order (what scikit-learn's KNeighborsClassifier does)."""
+    unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    nearest = np.argsort(-(unit(test_x) @ unit(train_x).T), axis=1, kind="stable")[:, :k]
+    classes = np.unique(train_y)
+    votes = (train_y[nearest][..., None] == classes).sum(axis=1)
+    return classes[votes.argmax(axis=1)]
+
+
+def accuracies(truth: np.ndarray, predicted: np.ndarray) -> dict:
+    """Accuracy and balanced accuracy (mean per-class recall), by hand."""
+    recalls = [np.mean(predicted[truth == c] == c) for c in np.unique(truth)]
+    return {"accuracy": np.mean(predicted == truth), "balanced_accuracy": np.mean(recalls)}
+
+
 def test_evaluate_ssl_writes_metrics_and_plot_with_random_baseline(
-    run: Path, data_root: Path, tmp_path: Path, capsys
+    run: Path, data_root: Path, tmp_path: Path, capsys, monkeypatch
 ):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from mritumor import ssl_eval
     from mritumor.ssl_eval import evaluate_ssl
 
+    probed = []  # the features and labels each evaluation handed to the probes
+
+    def spy(train_x, train_y, test_x, test_y, *args, **kwargs):
+        probed.append((train_x, train_y, test_x, test_y))
+        return probe_scores(train_x, train_y, test_x, test_y, *args, **kwargs)
+
+    monkeypatch.setattr(ssl_eval, "probe_scores", spy)
     out = tmp_path / "eval"
     argv = ["-q", "evaluate-ssl", "--ckpt", str(run / "simclr_pretrain.pt")]
     assert main([*argv, "--data_root", str(data_root), "--outdir", str(out)]) == 0
@@ -380,11 +423,24 @@ def test_evaluate_ssl_writes_metrics_and_plot_with_random_baseline(
     assert len(metrics["classes"]) <= 3 <= baseline["patients"]["labelled"]
     assert baseline["patients"]["labelled"] < baseline["patients"]["available_for_training"]
     assert baseline["slices"]["train"] == 4 * baseline["patients"]["labelled"]
-    for result in (metrics, baseline):
+    assert len(probed) == 2
+    test_types = {p: p.split("-")[1] for p in split["test"]}  # syn-<type>-g<grade>-p<n>
+    for result, (train_x, train_y, test_x, test_y) in zip((metrics, baseline), probed, strict=True):
+        assert len(train_y) == result["slices"]["train"] and len(test_y) == result["slices"]["test"]
+        assert train_x.shape[1] == test_x.shape[1] == result["encoder_config"]["feature_dim"]
+        # the probes' scores, recomputed: the linear probe refitted, the k-NN vote by hand
+        linear = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=0))
+        expected = {
+            "linear_probe": accuracies(test_y, linear.fit(train_x, train_y).predict(test_x)),
+            "knn": accuracies(test_y, cosine_knn_predict(train_x, train_y, test_x, k=5)),
+        }
         for probe in ("linear_probe", "knn"):
-            assert 0.0 <= result[probe]["accuracy"] <= 1.0
-            assert 0.0 <= result[probe]["balanced_accuracy"] <= 1.0
+            for name in ("accuracy", "balanced_accuracy"):
+                assert result[probe][name] == pytest.approx(expected[probe][name]), (probe, name)
         assert result["knn"]["k"] == 5
+    # the checkpoint's test patients' slices, 4 each, labelled with their own type
+    test_y = probed[0][3]
+    assert sorted(test_y) == sorted(t for t in test_types.values() for _ in range(4))
     assert (tmp_path / "random" / "ssl_embedding_pca.png").is_file()
 
 

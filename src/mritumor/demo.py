@@ -45,7 +45,7 @@ def run_demo(outdir: Path, data_root: str | None = None, quick: bool = False) ->
         if main(argv) != 0:
             raise MritumorError(f"demo step failed: {title}")
 
-    if real:
+    if data_root is not None:  # = real; spelled out so that type checkers narrow data_root
         next(number)  # no synthesis
     else:
         data_root = str(outdir / "data")

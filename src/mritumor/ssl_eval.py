@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,7 +147,7 @@ def evaluate_ssl(
         image_size, channels = encoder.config.image_size, encoder.config.in_channels
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
-    options = dict(
+    options: dict[str, Any] = dict(
         format=format,
         strict=strict,
         image_size=image_size,
@@ -239,8 +240,10 @@ def plot_embedding(
             ("test", "x", slice(n_train, None)),
         ):
             chosen = labels[rows] == tumor_type
+            x, y = points[rows][chosen].T
             axes.scatter(
-                *points[rows][chosen].T,
+                x,
+                y,
                 c=colour,
                 marker=marker,
                 s=14,

@@ -157,7 +157,7 @@ def run_pretrain(args) -> None:
     from mritumor.tasks.ssl import pretrain
 
     path = pretrain(args)
-    if rank_zero_only.rank == 0:
+    if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # lightning sets it on import
         print(f"SimCLR checkpoint (best validation loss): {path}")
 
 

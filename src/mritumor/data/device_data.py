@@ -263,10 +263,12 @@ class DevicePairLoader(_DeviceBatches):
         return cls(np.asarray(cache.images[np.asarray(rows, dtype=np.int64)]), augment, **kwargs)
 
     def _batches(self, generator: torch.Generator | None) -> Iterator[list[torch.Tensor]]:
+        augment = self.augment
+        assert augment is not None  # __init__ refuses None
         for index in self._index_batches(generator):
             images = self.images.index_select(0, index).to(torch.float32)
-            first, _ = self.augment(images, None, generator=generator)
-            second, _ = self.augment(images, None, generator=generator)
+            first, _ = augment(images, None, generator=generator)
+            second, _ = augment(images, None, generator=generator)
             yield [first, second]
 
 

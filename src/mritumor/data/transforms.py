@@ -262,7 +262,7 @@ def _monai_intensity_ops(config: AugmentConfig) -> list:
     # in monai.apps/networks and torchvision.models), and the eval transform never needs it.
     from monai.transforms import RandAdjustContrast, RandBiasField
 
-    ops = []
+    ops: list[Any] = []
     if config.bias_field_p > 0 and config.bias_field_coeff != (0.0, 0.0):
         ops.append(
             RandBiasField(

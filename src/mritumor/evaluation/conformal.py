@@ -25,6 +25,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 METHODS = ("lac", "aps")
 
@@ -45,20 +46,20 @@ def class_scores(probs: np.ndarray, method: str) -> np.ndarray:
 
 
 def conformal_threshold(
-    probs: np.ndarray, labels: Sequence[int], coverage: float = 0.9, method: str = "lac"
+    probs: np.ndarray, labels: ArrayLike, coverage: float = 0.9, method: str = "lac"
 ) -> float:
     """The calibrated score threshold; ``inf`` (every class) when there are too few units for
     the requested coverage (n < 1/α − 1)."""
     if not 0 < coverage < 1:
         raise ValueError("coverage must be in (0, 1)")
-    labels = np.asarray(labels, dtype=int)
-    known = labels >= 0
-    probs, labels = np.asarray(probs, dtype=float)[known], labels[known]
-    n = len(labels)
+    truth = np.asarray(labels, dtype=int)
+    known = truth >= 0
+    probs, truth = np.asarray(probs, dtype=float)[known], truth[known]
+    n = len(truth)
     rank = math.ceil((n + 1) * coverage)
     if n == 0 or rank > n:
         return math.inf
-    scores = class_scores(probs, method)[np.arange(n), labels]
+    scores = class_scores(probs, method)[np.arange(n), truth]
     return float(np.sort(scores)[rank - 1])
 
 
@@ -70,30 +71,30 @@ def prediction_sets(probs: np.ndarray, threshold: float, method: str = "lac") ->
     return members
 
 
-def set_metrics(sets: np.ndarray, labels: Sequence[int], class_names: Sequence[str]) -> dict:
+def set_metrics(sets: np.ndarray, labels: ArrayLike, class_names: Sequence[str]) -> dict:
     """Empirical coverage and mean set size, overall and per true class (units with a label)."""
-    labels = np.asarray(labels, dtype=int)
-    known = labels >= 0
-    sets, labels = sets[known], labels[known]
-    covered = sets[np.arange(len(labels)), labels] if len(labels) else np.zeros(0, bool)
+    truth = np.asarray(labels, dtype=int)
+    known = truth >= 0
+    sets, truth = sets[known], truth[known]
+    covered: np.ndarray = sets[np.arange(len(truth)), truth] if len(truth) else np.zeros(0, bool)
     sizes = sets.sum(axis=1)
     per_class = {}
     for k, name in enumerate(class_names):
-        mine = labels == k
+        mine = truth == k
         per_class[name] = {
             "n": int(mine.sum()),
             "coverage": float(covered[mine].mean()) if mine.any() else None,
             "mean_set_size": float(sizes[mine].mean()) if mine.any() else None,
         }
     return {
-        "n": int(len(labels)),
-        "coverage": float(covered.mean()) if len(labels) else None,
-        "mean_set_size": float(sizes.mean()) if len(labels) else None,
-        "singleton_share": float((sizes == 1).mean()) if len(labels) else None,
+        "n": int(len(truth)),
+        "coverage": float(covered.mean()) if len(truth) else None,
+        "mean_set_size": float(sizes.mean()) if len(truth) else None,
+        "singleton_share": float((sizes == 1).mean()) if len(truth) else None,
         "per_class": per_class,
     }
 
 
 def set_names(members: np.ndarray, class_names: Sequence[str]) -> list[list[str]]:
     """Each unit's set as class names, in class order."""
-    return [[class_names[k] for k in np.flatnonzero(row)] for row in members]
+    return [[class_names[int(k)] for k in np.flatnonzero(row)] for row in members]

@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 from sklearn.metrics import (
     ConfusionMatrixDisplay,
     average_precision_score,
@@ -44,7 +46,7 @@ class _CurveKind:
     curve: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # -> (x, y)
     summary: Callable[[np.ndarray, np.ndarray], float]
     drawstyle: str  # PR curves are step functions (as sklearn's PrecisionRecallDisplay draws)
-    legend_loc: str
+    legend_loc: Literal["lower right", "best"]  # matplotlib's stubs accept only its names
 
 
 def _roc_xy(is_positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,9 +93,9 @@ def thin_curve(x: np.ndarray, y: np.ndarray, max_points: int = MAX_CURVE_POINTS)
     return x[keep], y[keep]
 
 
-def _as_json_curve(kind: _CurveKind, x: np.ndarray, y: np.ndarray, summary: float | None) -> dict:
-    x, y = thin_curve(np.asarray(x), np.asarray(y))
-    return {kind.summary_name: summary, kind.x_name: x.tolist(), kind.y_name: y.tolist()}
+def _as_json_curve(kind: _CurveKind, x: ArrayLike, y: ArrayLike, summary: float | None) -> dict:
+    xs, ys = thin_curve(np.asarray(x), np.asarray(y))
+    return {kind.summary_name: summary, kind.x_name: xs.tolist(), kind.y_name: ys.tolist()}
 
 
 def _why_no_curve(is_positive: np.ndarray) -> str | None:

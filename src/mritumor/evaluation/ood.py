@@ -14,10 +14,10 @@ loaded with ``weights_only=True``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 SCORES = ("mahalanobis", "energy")
 
@@ -37,7 +37,7 @@ class OODDetector:
     keep: float = 0.95
 
     @classmethod
-    def fit(cls, features: np.ndarray, labels: Sequence[int], method: str = "mahalanobis"):
+    def fit(cls, features: np.ndarray, labels: ArrayLike, method: str = "mahalanobis"):
         """Fit on the training units' embeddings (mahalanobis) — energy needs no fit."""
         if method not in SCORES:
             raise ValueError(f"unknown OOD score {method!r}; choose one of {SCORES}")
@@ -46,14 +46,14 @@ class OODDetector:
         from sklearn.covariance import LedoitWolf
 
         features = np.asarray(features, dtype=np.float64)
-        labels = np.asarray(labels, dtype=int)
-        known = labels >= 0
-        features, labels = features[known], labels[known]
-        classes = np.unique(labels)
-        means = np.zeros((int(labels.max()) + 1, features.shape[1]))
+        truth = np.asarray(labels, dtype=int)
+        known = truth >= 0
+        features, truth = features[known], truth[known]
+        classes = np.unique(truth)
+        means = np.zeros((int(truth.max()) + 1, features.shape[1]))
         for k in classes:
-            means[k] = features[labels == k].mean(axis=0)
-        centred = features - means[labels]
+            means[k] = features[truth == k].mean(axis=0)
+        centred = features - means[truth]
         precision = LedoitWolf(assume_centered=True).fit(centred).precision_
         present = np.zeros(len(means), bool)
         present[classes] = True
@@ -62,7 +62,11 @@ class OODDetector:
     def score(self, features: np.ndarray | None = None, logits: np.ndarray | None = None):
         """(N,) scores; mahalanobis needs ``features``, energy ``logits``."""
         if self.method == "energy":
+            if logits is None:
+                raise ValueError("the energy score needs logits")
             return energy_score(logits)
+        if features is None or self.means is None or self.precision is None:
+            raise ValueError("the Mahalanobis score needs features and a fitted detector")
         features = np.asarray(features, dtype=np.float64)
         difference = features[:, None, :] - self.means[None, :, :]  # (N, K, D)
         distances = np.einsum("nkd,de,nke->nk", difference, self.precision, difference)

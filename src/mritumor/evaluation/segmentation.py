@@ -57,9 +57,9 @@ def dice_iou(
     from monai.metrics import compute_dice, compute_iou
 
     pred, target = _paired(pred, target)
-    dice = compute_dice(pred, target, include_background=True, ignore_empty=False)
-    iou = compute_iou(pred, target, include_background=True, ignore_empty=False)
-    dice, iou = dice[:, 0].double().numpy(), iou[:, 0].double().numpy()
+    dice_t = compute_dice(pred, target, include_background=True, ignore_empty=False)
+    iou_t = compute_iou(pred, target, include_background=True, ignore_empty=False)
+    dice, iou = dice_t[:, 0].double().numpy(), iou_t[:, 0].double().numpy()
     both_empty = _is_empty(pred) & _is_empty(target)
     dice[both_empty] = empty_value
     iou[both_empty] = empty_value

@@ -8,15 +8,14 @@ ordering (every error last) gives the smallest possible value for the same accur
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def risk_coverage(confidence: Sequence[float], correct: Sequence[bool]) -> dict:
-    confidence = np.asarray(confidence, dtype=float)
-    correct = np.asarray(correct, dtype=bool)
+def risk_coverage(confidence: ArrayLike, correct: ArrayLike) -> dict:
+    confidence, correct = _arrays(confidence, correct)
     n = len(correct)
     if n == 0:
         return {"n": 0, "coverage": [], "risk": [], "aurc": None, "accuracy_at": {}}
@@ -34,13 +33,16 @@ def risk_coverage(confidence: Sequence[float], correct: Sequence[bool]) -> dict:
     }
 
 
-def accuracy_at(confidence: Sequence[float], correct: Sequence[bool], coverage: float) -> float:
+def accuracy_at(confidence: ArrayLike, correct: ArrayLike, coverage: float) -> float:
     """Accuracy over the ⌈coverage · n⌉ most confident units."""
-    confidence = np.asarray(confidence, dtype=float)
-    correct = np.asarray(correct, dtype=bool)
+    confidence, correct = _arrays(confidence, correct)
     k = max(1, int(np.ceil(coverage * len(correct) - 1e-9)))
     order = np.argsort(-confidence, kind="stable")
     return float(correct[order[:k]].mean())
+
+
+def _arrays(confidence: ArrayLike, correct: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(confidence, dtype=float), np.asarray(correct, dtype=bool)
 
 
 def plot_risk_coverage(curve: dict, path: str | Path, title: str = "Risk–coverage") -> Path:

@@ -36,9 +36,9 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 def by_patient(values: np.ndarray, groups: Sequence[str], reduce) -> tuple[list[str], np.ndarray]:
     """Rows grouped by patient (first-appearance order), each group reduced along axis 0."""
-    groups = np.asarray(groups)
-    order = list(dict.fromkeys(groups.tolist()))
-    return order, np.stack([reduce(values[groups == g], axis=0) for g in order])
+    ids = np.asarray(groups)
+    order = list(dict.fromkeys(ids.tolist()))
+    return order, np.stack([reduce(values[ids == g], axis=0) for g in order])
 
 
 def fit_uncertainty(

@@ -21,6 +21,8 @@ from mritumor.models.pooling import build_pooling
 
 
 class TwoStepClassifier(nn.Module):
+    allowed_grades: torch.Tensor  # a buffer: declared so that type checkers see a Tensor
+
     def __init__(
         self,
         backbone: Encoder,

@@ -40,7 +40,7 @@ def normalise_class(name: str) -> str:
 
 def class_folders(root: Path) -> list[tuple[str | None, Path]]:
     """(split name or None, class folder) pairs whose folder directly holds image files."""
-    found = []
+    found: list[tuple[str | None, Path]] = []
     for child in sorted(p for p in root.iterdir() if p.is_dir()):
         if child.name.lower() in SPLIT_FOLDERS:
             found += [(child.name, d) for d in sorted(child.iterdir()) if _holds_images(d)]
