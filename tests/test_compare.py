@@ -151,7 +151,9 @@ def test_two_runs_numbers_equal_independent_scipy(tmp_path, two_runs, capsys):
         per_class = pair(report, "strong", "weak")["auc_per_class"][name]
         assert per_class["a"] == pytest.approx(roc_auc_score(y == k, a[f"p_type_{name}"]))
         assert per_class["b"] == pytest.approx(roc_auc_score(y == k, b[f"p_type_{name}"]))
-        assert per_class["test"].startswith("DeLong") and 0 <= per_class["p_value"] <= 1
+        assert per_class["test"].startswith("DeLong")
+        z = abs(per_class["difference"]) / per_class["se"]
+        assert per_class["p_value"] == pytest.approx(2 * sps.norm.sf(z))
         half_width = sps.norm.ppf(0.975) * per_class["se"]
         assert per_class["ci_high"] == pytest.approx(per_class["difference"] + half_width)
     macro = pair(report, "strong", "weak")["macro_auc"]
