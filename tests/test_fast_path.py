@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -13,60 +12,57 @@ import torch
 
 from mritumor.checkpoints import load_checkpoint
 from mritumor.cli import main
+from mritumor.config import TrainerConfig
 from mritumor.data import device_data, fast_path
 from mritumor.data.device_data import DevicePairLoader, DeviceSliceLoader
 from mritumor.data.synthetic import write_synthetic_dataset
 from mritumor.errors import MritumorError
 
 
-def args(**overrides) -> argparse.Namespace:
-    values = {
-        "data_on_device": "auto",
-        "accelerator": "cpu",
-        "devices": "1",
-        "num_nodes": 1,
-        "image_size": 32,
-    }
-    return argparse.Namespace(**{**values, **overrides})
+def args(**overrides) -> TrainerConfig:
+    values = {"data_on_device": "auto", "accelerator": "cpu", "devices": "1", "num_nodes": 1}
+    return TrainerConfig(**{**values, **overrides})
 
 
 def test_auto_keeps_small_data_in_cpu_memory_and_off_never_does(monkeypatch):
-    assert fast_path.training_data_device(args(), 100, 1, True) == torch.device("cpu")
-    assert fast_path.training_data_device(args(data_on_device="off"), 100, 1, True) is None
+    assert fast_path.training_data_device(args(), 100, 1, 32, True) == torch.device("cpu")
+    assert fast_path.training_data_device(args(data_on_device="off"), 100, 1, 32, True) is None
     # a training set larger than half the available memory goes through the DataLoader
     monkeypatch.setattr(device_data, "available_memory", lambda: 2 * 100 * 32 * 32 * 3 - 2)
-    assert fast_path.training_data_device(args(), 100, 1, True) is None
-    assert fast_path.training_data_device(args(), 99, 1, True) == torch.device("cpu")
+    assert fast_path.training_data_device(args(), 100, 1, 32, True) is None
+    assert fast_path.training_data_device(args(), 99, 1, 32, True) == torch.device("cpu")
 
 
 def test_on_uses_the_single_device_and_never_a_ddp_run(caplog):
-    assert fast_path.training_data_device(args(data_on_device="on"), 100, 1, True) == torch.device(
-        "cpu"
-    )
+    assert fast_path.training_data_device(
+        args(data_on_device="on"), 100, 1, 32, True
+    ) == torch.device("cpu")
     assert (
-        fast_path.training_data_device(args(data_on_device="on", devices="2"), 100, 1, True) is None
+        fast_path.training_data_device(args(data_on_device="on", devices="2"), 100, 1, 32, True)
+        is None
     )
     assert "ignored for a multi-process" in caplog.text
     assert (
-        fast_path.training_data_device(args(data_on_device="on", num_nodes=2), 10, 1, True) is None
+        fast_path.training_data_device(args(data_on_device="on", num_nodes=2), 10, 1, 32, True)
+        is None
     )
 
 
 def test_auto_on_cuda_needs_the_data_to_fit(monkeypatch):
     monkeypatch.setattr(fast_path, "_single_device", lambda a: torch.device("cuda", 0))
     monkeypatch.setattr(fast_path, "fits_on_device", lambda n, device, fraction=0.5: n < 10_000)
-    assert fast_path.training_data_device(args(), 2, 1, True) == torch.device("cuda", 0)
-    assert fast_path.training_data_device(args(), 1000, 1, True) is None  # 3 MB > budget
+    assert fast_path.training_data_device(args(), 2, 1, 32, True) == torch.device("cuda", 0)
+    assert fast_path.training_data_device(args(), 1000, 1, 32, True) is None  # 3 MB > budget
 
 
 def test_on_refuses_data_that_cannot_fit(monkeypatch):
     monkeypatch.setattr(fast_path, "fits_on_device", lambda n, device, fraction=0.5: False)
     with pytest.raises(MritumorError, match="need"):
-        fast_path.training_data_device(args(data_on_device="on"), 100, 1, True)
+        fast_path.training_data_device(args(data_on_device="on"), 100, 1, 32, True)
 
 
 def test_presets_match_the_cpu_transforms():
-    from mritumor.tasks.hierarchical import training_transform
+    from mritumor.data.fast_path import training_transform
 
     assert fast_path.batch_augment("none", 32) is None
     light = fast_path.batch_augment("light", 32)

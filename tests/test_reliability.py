@@ -12,7 +12,6 @@ synthetic cohort (small_cnn, 32 px, CPU, one thread):
 
 from __future__ import annotations
 
-import argparse
 import ast
 import errno
 import json
@@ -44,6 +43,7 @@ from mritumor.checkpoints import (
     save_checkpoint,
 )
 from mritumor.cli import main
+from mritumor.config import TrainerConfig
 from mritumor.data import io
 from mritumor.data.cache import Preprocessing, SliceCache
 from mritumor.data.readers import read_catalog
@@ -274,8 +274,8 @@ class Snapshot(L.Callback):
             shutil.copy(self.source, self.target)
 
 
-def trainer_args(seed: int | None = 0) -> argparse.Namespace:
-    return argparse.Namespace(
+def trainer_args(seed: int | None = 0) -> TrainerConfig:
+    return TrainerConfig(
         devices="1",
         num_nodes=1,
         accelerator="cpu",

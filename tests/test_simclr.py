@@ -3,7 +3,6 @@ encoder transfer, --pretrained without weights, and `mritumor evaluate-ssl`."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -305,14 +304,16 @@ def test_help_explains_the_seed_flags_with_defaults(capsys):
 def test_validation_views_are_fixed_and_same_patient_pairs_are_passed_on(
     run: Path, data_root: Path
 ):
-    from mritumor.data.prepare import prepare_data
+    from mritumor.config import PretrainConfig
+    from mritumor.data.prepare import prepare_data_for
     from mritumor.tasks.ssl import make_loaders
 
-    args = argparse.Namespace(
-        image_size=32, positive_pairs="same_patient", seed=0, num_workers=0, batch_size=8
+    config = PretrainConfig.from_flags(
+        {"image_size": 32, "positive_pairs": "same_patient", "seed": 0, "num_workers": 0}
+        | {"batch_size": 8, "split_file": str(run / "split.json"), "data_root": str(data_root)}
     )
-    data = prepare_data(data_root, image_size=32, split_file=run / "split.json", progress=False)
-    train, val = make_loaders(data, args)
+    data = prepare_data_for(config.data, progress=False)
+    train, val = make_loaders(data, config)
     assert train.dataset.positive_pairs == "same_patient" and train.drop_last
     assert isinstance(val.dataset, FixedViews) and not val.drop_last
     first, again, other = val.dataset[0], val.dataset[0], val.dataset[1]

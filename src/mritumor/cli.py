@@ -7,7 +7,6 @@ adding a command touches one new module and the list below.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from mritumor import __version__
@@ -26,7 +25,6 @@ from mritumor.commands import (
     recipes,
     report,
 )
-from mritumor.errors import MritumorError
 
 COMMAND_MODULES = [
     data,
@@ -45,54 +43,12 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mritumor",
-        description="Brain-MRI tumour analysis: data, pretraining, classification, segmentation.",
-        formatter_class=common.Formatter,
-    )
-    parser.add_argument("--version", action="version", version=f"mritumor {__version__}")
-    parser.add_argument(
-        "-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars"
-    )
-    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMAND_MODULES:
-        module.register(subcommands)
-    for command_parser in _leaf_parsers(parser):
-        command_parser.set_defaults(_command_parser=command_parser)
-    return parser
-
-
-def _leaf_parsers(parser: argparse.ArgumentParser):
-    """Every parser that runs a command (the ones that set a handler)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in dict.fromkeys(action.choices.values()):
-                if child.get_default("handler") is not None:
-                    yield child
-                yield from _leaf_parsers(child)
+    return common.build_command_parser(COMMAND_MODULES, version=__version__)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    try:
-        args = common.apply_config(parser, parser.parse_args(argv), argv)
-        logging.basicConfig(
-            level=logging.WARNING if args.quiet else logging.INFO,
-            format="%(levelname)s %(name)s: %(message)s",
-            force=True,
-        )
-        if args.quiet:  # Lightning logs through its own loggers and handlers
-            for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-                logging.getLogger(name).setLevel(logging.WARNING)
-        args.handler(args)
-    except MritumorError as error:
-        print(f"mritumor: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("mritumor: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return common.run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

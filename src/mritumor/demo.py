@@ -12,12 +12,18 @@ The chain runs the same commands a user types, with small sizes so it fits a lap
 
 Every stage re-uses the split of the pretraining run, so all models are tested on the same
 patients and the comparison is paired.
+
+This module only plans the steps (command lines) and summarises the results; the caller runs
+each command line (``run``: :func:`mritumor.commands.demo.run_as_typed` parses it with the
+commands' own parsers and runs it as ``mritumor ARGV`` would), so the library does not depend
+on the command line.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mritumor.errors import MritumorError
@@ -25,9 +31,15 @@ from mritumor.errors import MritumorError
 STEPS = 9
 
 
-def run_demo(outdir: Path, data_root: str | None = None, quick: bool = False) -> dict:
-    from mritumor.cli import main  # the demo runs exactly what users type
-
+def run_demo(
+    outdir: Path,
+    data_root: str | None = None,
+    quick: bool = False,
+    *,
+    run: Callable[[list[str]], int],
+) -> dict:
+    """Run the nine steps; ``run(argv)`` executes ``mritumor ARGV`` and returns its exit status
+    (the same command line is printed first, for users to copy)."""
     outdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     real = data_root is not None
@@ -42,7 +54,7 @@ def run_demo(outdir: Path, data_root: str | None = None, quick: bool = False) ->
 
     def step(title: str, argv: list[str]) -> None:
         print(f"\n=== {next(number)}/{STEPS} {title}\n$ mritumor {' '.join(argv)}", flush=True)
-        if main(argv) != 0:
+        if run(argv) != 0:
             raise MritumorError(f"demo step failed: {title}")
 
     if data_root is not None:  # = real; spelled out so that type checkers narrow data_root

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +29,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mritumor.checkpoints import CheckpointError, load_checkpoint
+from mritumor.config import DataConfig
 from mritumor.data.cache import SliceCache
 from mritumor.data.datasets import rows_of_patients
-from mritumor.data.prepare import prepare_data
+from mritumor.data.prepare import prepare_data_for
 from mritumor.data.splits import Split, sample_labelled_patients
 from mritumor.errors import DataError
 from mritumor.models.backbones import Encoder, build_encoder, encoder_from_config
@@ -147,18 +148,18 @@ def evaluate_ssl(
         image_size, channels = encoder.config.image_size, encoder.config.in_channels
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
-    options: dict[str, Any] = dict(
+    data_config = DataConfig(
+        data_root=data_root,
         format=format,
         strict=strict,
         image_size=image_size,
         channels=channels,
         cache_dir=cache_dir,
+        split_file=split_file,
         val_frac=val_frac,
         test_frac=test_frac,
         seed=seed,
         group_by=group_by,
-        outdir=outdir,
-        progress=progress,
     )
     recorded = (payload or {}).get("metadata", {}).get("split")
     split_source = "split_file" if split_file else "new"
@@ -166,14 +167,14 @@ def evaluate_ssl(
     if not split_file and recorded:
         path = Split(**recorded).save(outdir / "pretrain_split.json")
         try:
-            data = prepare_data(data_root, split_file=path, **options)
+            data = prepare_data_for(replace(data_config, split_file=path), outdir, progress)
             split_source = "checkpoint"
         except DataError as error:
             log.warning(
                 "the checkpoint's split does not fit this data (%s); making a new one", error
             )
     if data is None:
-        data = prepare_data(data_root, split_file=split_file, **options)
+        data = prepare_data_for(data_config, outdir, progress)
     if random_init:
         torch.manual_seed(seed)
         encoder = build_encoder(encoder_name, data.cache.prep.channels, image_size)

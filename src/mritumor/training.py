@@ -17,7 +17,6 @@ Tasks add :class:`LastCheckpoint` to write ``checkpoints/last.ckpt`` after every
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import random
@@ -29,6 +28,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from mritumor.config import TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +58,17 @@ def parse_devices(devices: str):
 
 
 def build_trainer(
-    args: argparse.Namespace,
+    trainer: TrainerConfig,
     outdir: str | Path,
     max_epochs: int,
     callbacks: list | None = None,
     **overrides,
 ) -> L.Trainer:
+    """A Lightning trainer for ``trainer``'s hardware and settings; ``EpochSeeding`` from its
+    seed (none when the seed is None) and atomic checkpoints are added; ``overrides`` win."""
     from lightning.pytorch.loggers import CSVLogger
 
-    if getattr(args, "quiet", False):
+    if trainer.quiet:
         # Lightning sets its loggers to INFO when it is imported, which now happens after the
         # CLI configured logging (the parser no longer imports it): quieten them here.
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -73,24 +76,24 @@ def build_trainer(
     # Lightning 2.6 still builds torch's deprecated LeafSpec for every batch; torch ≥ 2.10 warns
     # about it once per run, a line users can do nothing about.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    devices = parse_devices(str(args.devices))
-    many = (isinstance(devices, int) and devices > 1) or args.num_nodes > 1
+    devices = parse_devices(str(trainer.devices))
+    many = (isinstance(devices, int) and devices > 1) or trainer.num_nodes > 1
     callbacks = list(callbacks or [])
-    seed = getattr(args, "seed", None)
+    seed = trainer.seed
     if seed is not None and not any(isinstance(c, EpochSeeding) for c in callbacks):
         callbacks.append(EpochSeeding(seed))
     options = {
         "max_epochs": max_epochs,
-        "accelerator": args.accelerator,
+        "accelerator": trainer.accelerator,
         "devices": devices,
-        "num_nodes": args.num_nodes,
-        "precision": resolve_precision(args.precision, args.accelerator),
+        "num_nodes": trainer.num_nodes,
+        "precision": resolve_precision(trainer.precision, trainer.accelerator),
         "strategy": "ddp" if many else "auto",
-        "deterministic": bool(args.deterministic),
+        "deterministic": bool(trainer.deterministic),
         "logger": CSVLogger(str(outdir), name="logs"),
         "callbacks": callbacks,
         "plugins": [AtomicCheckpointIO()],
-        "enable_progress_bar": not getattr(args, "quiet", False),
+        "enable_progress_bar": not trainer.quiet,
         "enable_model_summary": False,
         "default_root_dir": str(outdir),
         "log_every_n_steps": 1,

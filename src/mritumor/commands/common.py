@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
+import logging
+import sys
 from pathlib import Path
 
 import yaml
 
+from mritumor.config import save_resolved_config  # noqa: F401  (commands write config.yaml)
 from mritumor.errors import MritumorError
 
 # The backbone registry's names (mritumor.models.backbones.BACKBONES; a test keeps them equal),
@@ -17,6 +19,60 @@ BACKBONE_NAMES = ("mobilenet_v2", "resnet18", "resnet50", "small_cnn")
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every flag's default and keeps descriptions' line breaks."""
+
+
+def build_command_parser(modules, version: str | None = None) -> argparse.ArgumentParser:
+    """The ``mritumor`` parser with the commands of ``modules`` (each has ``register``); every
+    command's own parser is its ``_command_parser`` default (for :func:`apply_config`)."""
+    parser = argparse.ArgumentParser(
+        prog="mritumor",
+        description="Brain-MRI tumour analysis: data, pretraining, classification, segmentation.",
+        formatter_class=Formatter,
+    )
+    if version is not None:
+        parser.add_argument("--version", action="version", version=f"mritumor {version}")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars"
+    )
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in modules:
+        module.register(subcommands)
+    for command_parser in _leaf_parsers(parser):
+        command_parser.set_defaults(_command_parser=command_parser)
+    return parser
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser):
+    """Every parser that runs a command (the ones that set a handler)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                if child.get_default("handler") is not None:
+                    yield child
+                yield from _leaf_parsers(child)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """Parse ``argv`` (recipe < --config < flags), set up logging and run the command's
+    handler, as ``mritumor ARGV`` does; the exit status (2: an error the user can fix)."""
+    try:
+        args = apply_config(parser, parser.parse_args(argv), argv)
+        logging.basicConfig(
+            level=logging.WARNING if args.quiet else logging.INFO,
+            format="%(levelname)s %(name)s: %(message)s",
+            force=True,
+        )
+        if args.quiet:  # Lightning logs through its own loggers and handlers
+            for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+        args.handler(args)
+    except MritumorError as error:
+        print(f"mritumor: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mritumor: interrupted", file=sys.stderr)
+        return 130
+    return 0
 
 
 def add_command(subcommands, name: str, help: str, description: str | None = None):
@@ -134,20 +190,6 @@ def _known_keys(values: dict, known: set[str], where: str) -> dict:
     if unknown:
         raise MritumorError(f"{where}: unknown key(s) {unknown}; keys are the command's flag names")
     return values
-
-
-def save_resolved_config(args: argparse.Namespace, outdir: str | Path) -> Path:
-    """The configuration a run actually used, as YAML, for reproduction with --config."""
-    values = {
-        k: v
-        for k, v in vars(args).items()
-        if not k.startswith("_")
-        and k not in ("handler", "config", "command", "data_command", "quiet")
-    }
-    path = Path(outdir) / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(json.loads(json.dumps(values, default=str)), sort_keys=True))
-    return path
 
 
 def add_trainer_flags(parser: argparse.ArgumentParser) -> None:

@@ -149,9 +149,10 @@ def register(subcommands) -> None:
 
 
 def run(args) -> None:
+    from mritumor.config import HierarchicalConfig
     from mritumor.tasks.hierarchical import train_hierarchical
 
-    result = train_hierarchical(args)
+    result = train_hierarchical(HierarchicalConfig.from_flags(vars(args)))
     metrics = result.get("metrics", result)
     print(f"results in {args.outdir}")
     for key in (

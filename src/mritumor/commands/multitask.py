@@ -162,9 +162,10 @@ def register(subcommands) -> None:
 
 
 def run(args) -> None:
+    from mritumor.config import MultitaskConfig
     from mritumor.tasks.multitask import train_multitask
 
-    result = train_multitask(args)
+    result = train_multitask(MultitaskConfig.from_flags(vars(args)))
     print(f"results in {args.outdir}")
     results = result if args.variant == "all" else {args.variant: result}
     for variant, report in results.items():

@@ -154,9 +154,10 @@ def add_encoder_flags(parser, only_random: bool = False) -> None:
 def run_pretrain(args) -> None:
     from lightning.pytorch.utilities import rank_zero_only
 
+    from mritumor.config import PretrainConfig
     from mritumor.tasks.ssl import pretrain
 
-    path = pretrain(args)
+    path = pretrain(PretrainConfig.from_flags(vars(args)))
     if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # lightning sets it on import
         print(f"SimCLR checkpoint (best validation loss): {path}")
 

@@ -25,14 +25,14 @@ DataLoader. Both paths draw augmentations from the same distributions
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 import torch
 
+from mritumor.config import TrainerConfig
 from mritumor.data.batch_augment import BatchAugment
 from mritumor.data.device_data import cache_nbytes, fits_on_device
-from mritumor.data.transforms import AugmentConfig
+from mritumor.data.transforms import AugmentConfig, build_transform
 from mritumor.errors import MritumorError
 
 log = logging.getLogger(__name__)
@@ -58,13 +58,19 @@ def batch_augment(augment: str, image_size: int) -> BatchAugment | None:
     return None if config is None else BatchAugment(config, image_size, "train")
 
 
-def _single_device(args: argparse.Namespace) -> torch.device | None:
+def training_transform(augment: str, image_size: int):
+    """The per-slice CPU transform of an ``--augment`` preset (:func:`augment_config`)."""
+    config = augment_config(augment)
+    return build_transform("eval" if config is None else "train", image_size, config)
+
+
+def _single_device(trainer: TrainerConfig) -> torch.device | None:
     """The one device this run trains on, or None when it runs several processes."""
-    devices = str(getattr(args, "devices", "1"))
-    on_gpu = args.accelerator in ("gpu", "cuda") or (
-        args.accelerator == "auto" and torch.cuda.is_available()
+    devices = str(trainer.devices)
+    on_gpu = trainer.accelerator in ("gpu", "cuda") or (
+        trainer.accelerator == "auto" and torch.cuda.is_available()
     )
-    if getattr(args, "num_nodes", 1) > 1:
+    if trainer.num_nodes > 1:
         return None
     if devices == "auto":
         if on_gpu and torch.cuda.device_count() > 1:
@@ -75,18 +81,19 @@ def _single_device(args: argparse.Namespace) -> torch.device | None:
 
 
 def training_data_device(
-    args: argparse.Namespace, n_slices: int, channels: int, masks: bool
+    trainer: TrainerConfig, n_slices: int, channels: int, image_size: int, masks: bool
 ) -> torch.device | None:
-    """Where the training slices should live for this run, or ``None`` for the DataLoader."""
-    mode = getattr(args, "data_on_device", "auto")
+    """Where the ``n_slices`` training slices (``channels`` × ``image_size``², with masks or
+    not) should live for this run, or ``None`` for the DataLoader."""
+    mode = trainer.data_on_device
     if mode == "off":
         return None
-    device = _single_device(args)
+    device = _single_device(trainer)
     if device is None:
         if mode == "on":
             log.warning("--data_on_device on: ignored for a multi-process (DDP) run")
         return None
-    needed = cache_nbytes(n_slices, channels, args.image_size, masks)
+    needed = cache_nbytes(n_slices, channels, image_size, masks)
     if mode == "on":
         if not fits_on_device(needed, device, fraction=0.9):
             raise MritumorError(

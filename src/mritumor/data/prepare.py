@@ -1,7 +1,7 @@
 """From ``--data_root`` to training-ready data: read → cache → split, in one call.
 
-Every training command goes through :func:`prepare_data`, so they all read, skip, split and
-record the split the same way.
+Every training command goes through :func:`prepare_data` (with its configuration:
+:func:`prepare_data_for`), so they all read, skip, split and record the split the same way.
 """
 
 from __future__ import annotations
@@ -9,12 +9,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mritumor.data.cache import Preprocessing, SliceCache, infer_channels
 from mritumor.data.catalog import Catalog
 from mritumor.data.labels import LabelSpace
 from mritumor.data.readers import read_catalog
 from mritumor.data.splits import Split, load_split, make_split
+
+if TYPE_CHECKING:
+    from mritumor.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +72,27 @@ def prepare_data(
     if outdir is not None:
         split.save(Path(outdir) / "split.json")
     return PreparedData(catalog, cache, split, labels)
+
+
+def prepare_data_for(
+    data: DataConfig, outdir: str | Path | None = None, progress: bool = True
+) -> PreparedData:
+    """:func:`prepare_data` with a :class:`~mritumor.config.DataConfig`'s source,
+    preprocessing and split; ``outdir`` receives ``split.json`` (None: not written)."""
+    if data.data_root is None:
+        raise ValueError("DataConfig.data_root is required")
+    return prepare_data(
+        data.data_root,
+        format=data.format,
+        strict=data.strict,
+        image_size=data.image_size,
+        channels=data.channels,
+        cache_dir=data.cache_dir,
+        split_file=data.split_file,
+        val_frac=data.val_frac,
+        test_frac=data.test_frac,
+        seed=data.seed,
+        group_by=data.group_by,
+        outdir=outdir,
+        progress=progress,
+    )

@@ -6,10 +6,17 @@ keys a supervised model's backbone has) and ``projection.*`` (discarded after pr
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 
+from mritumor.checkpoints import CheckpointError, load_checkpoint
 from mritumor.models.backbones import Encoder
+
+log = logging.getLogger(__name__)
 
 ENCODER_PREFIX = "encoder."
 
@@ -51,3 +58,41 @@ def extract_encoder_state(simclr_state: dict) -> dict:
     if not state:
         raise ValueError("the SimCLR state holds no encoder.* weights")
     return state
+
+
+def load_ssl_encoder(encoder, ssl_ckpt: str | Path) -> dict:
+    """Only ``encoder.*`` of the SimCLR checkpoint; missing and unexpected keys are reported."""
+    payload = load_checkpoint(ssl_ckpt)
+    if "simclr_state" not in payload:
+        raise CheckpointError(
+            f"{ssl_ckpt} has no 'simclr_state': not a checkpoint of `mritumor pretrain`"
+        )
+    config = payload.get("encoder_config", {})
+    expected = encoder.config
+    if config and (config.get("name"), config.get("in_channels")) != (
+        expected.name,
+        expected.in_channels,
+    ):
+        raise CheckpointError(
+            f"{ssl_ckpt} holds a {config.get('name')} encoder for {config.get('in_channels')} channel(s); this "
+            f"model is a {expected.name} for {expected.in_channels} channel(s) (use --backbone {config.get('name')})"
+        )
+    state = extract_encoder_state(payload["simclr_state"])
+    result = encoder.load_state_dict(state, strict=False)
+    report: dict[str, Any] = {
+        "loaded": len(state),
+        "missing": list(result.missing_keys),
+        "unexpected": list(result.unexpected_keys),
+    }
+    log.info(
+        "SSL encoder from %s: %d tensors loaded, %d missing, %d unexpected",
+        ssl_ckpt,
+        report["loaded"],
+        len(report["missing"]),
+        len(report["unexpected"]),
+    )
+    for key in report["missing"][:10]:
+        log.warning("  missing from SSL checkpoint: %s", key)
+    for key in report["unexpected"][:10]:
+        log.warning("  unexpected in SSL checkpoint: %s", key)
+    return report

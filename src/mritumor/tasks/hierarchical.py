@@ -7,7 +7,6 @@ artifacts (see :mod:`mritumor.evaluation.hierarchical`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import replace
@@ -20,20 +19,18 @@ from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from mritumor.checkpoints import (
-    CheckpointError,
     check_resume_checkpoint,
     load_checkpoint,
     run_metadata,
     save_checkpoint,
 )
-from mritumor.commands.common import save_resolved_config
+from mritumor.config import HierarchicalConfig, save_resolved_config
 from mritumor.data.datasets import PatientBagDataset, collate_bags
 from mritumor.data.device_data import DeviceBagLoader
-from mritumor.data.fast_path import augment_config, batch_augment, training_data_device
+from mritumor.data.fast_path import batch_augment, training_data_device, training_transform
 from mritumor.data.labels import LabelSpace
-from mritumor.data.prepare import PreparedData, prepare_data
+from mritumor.data.prepare import PreparedData, prepare_data_for
 from mritumor.data.splits import Split, make_folds, sample_labelled_patients
-from mritumor.data.transforms import build_transform
 from mritumor.evaluation.calibration import fit_temperature
 from mritumor.evaluation.hierarchical import evaluate_hierarchical
 from mritumor.evaluation.metrics import cv_summary
@@ -45,7 +42,7 @@ from mritumor.models.hierarchical import (
     hierarchical_probabilities,
 )
 from mritumor.models.loading import hierarchical_network as model_from_checkpoint
-from mritumor.models.simclr import extract_encoder_state
+from mritumor.models.simclr import load_ssl_encoder
 from mritumor.resources import check_writable
 from mritumor.training import (
     BestStateCheckpoint,
@@ -153,70 +150,38 @@ def with_fewer_labels(
     return reduced
 
 
-def build_model(args: argparse.Namespace, labels: LabelSpace, channels: int) -> TwoStepClassifier:
-    encoder = build_encoder(args.backbone, channels, args.image_size, pretrained=args.pretrained)
-    if args.ssl_ckpt:
-        load_ssl_encoder(encoder, args.ssl_ckpt)
-    model = TwoStepClassifier(encoder, labels.allowed(), pooling=args.pooling, dropout=args.dropout)
-    return model.to_channels_last() if args.channels_last else model
-
-
-def load_ssl_encoder(encoder, ssl_ckpt: str | Path) -> dict:
-    """Only ``encoder.*`` of the SimCLR checkpoint; missing and unexpected keys are reported."""
-    payload = load_checkpoint(ssl_ckpt)
-    if "simclr_state" not in payload:
-        raise CheckpointError(
-            f"{ssl_ckpt} has no 'simclr_state': not a checkpoint of `mritumor pretrain`"
-        )
-    config = payload.get("encoder_config", {})
-    expected = encoder.config
-    if config and (config.get("name"), config.get("in_channels")) != (
-        expected.name,
-        expected.in_channels,
-    ):
-        raise CheckpointError(
-            f"{ssl_ckpt} holds a {config.get('name')} encoder for {config.get('in_channels')} channel(s); this "
-            f"model is a {expected.name} for {expected.in_channels} channel(s) (use --backbone {config.get('name')})"
-        )
-    state = extract_encoder_state(payload["simclr_state"])
-    result = encoder.load_state_dict(state, strict=False)
-    report = {
-        "loaded": len(state),
-        "missing": list(result.missing_keys),
-        "unexpected": list(result.unexpected_keys),
-    }
-    log.info(
-        "SSL encoder from %s: %d tensors loaded, %d missing, %d unexpected",
-        ssl_ckpt,
-        report["loaded"],
-        len(report["missing"]),
-        len(report["unexpected"]),
+def build_model(config: HierarchicalConfig, labels: LabelSpace, channels: int) -> TwoStepClassifier:
+    encoder = build_encoder(
+        config.backbone, channels, config.data.image_size, pretrained=config.pretrained
     )
-    for key in report["missing"][:10]:
-        log.warning("  missing from SSL checkpoint: %s", key)
-    for key in report["unexpected"][:10]:
-        log.warning("  unexpected in SSL checkpoint: %s", key)
-    return report
+    if config.ssl_ckpt:
+        load_ssl_encoder(encoder, config.ssl_ckpt)
+    model = TwoStepClassifier(
+        encoder, labels.allowed(), pooling=config.pooling, dropout=config.dropout
+    )
+    return model.to_channels_last() if config.channels_last else model
 
 
-def bag_loaders(args, data: PreparedData, split: Split, labels: LabelSpace) -> dict:
+def bag_loaders(
+    config: HierarchicalConfig, data: PreparedData, split: Split, labels: LabelSpace
+) -> dict:
     """DataLoaders of patient bags for the three parts; the training part is a device-resident
     :class:`DeviceBagLoader` when :func:`training_data_device` says so (``--data_on_device``).
     ``train_dataset`` is the training part as a ``PatientBagDataset`` (for class weights)."""
-    workers = default_workers(args.num_workers)
+    workers = default_workers(config.trainer.num_workers)
     train_set = PatientBagDataset(
         data.cache,
         split.train,
         labels,
-        args.bag_size,
-        args.bag_policy,
-        transform=training_transform(args.augment, args.image_size),
+        config.bag_size,
+        config.bag_policy,
+        transform=training_transform(config.augment, config.data.image_size),
     )
     # evaluation bags are deterministic: 'random' becomes 'uniform'
-    eval_policy = "uniform" if args.bag_policy == "random" else args.bag_policy
+    eval_policy = "uniform" if config.bag_policy == "random" else config.bag_policy
     loaders = {}
     sampler = None
-    if args.balance == "sampler":
+    if config.balance == "sampler":
         counts = np.bincount(train_set.types, minlength=len(labels.types)).astype(float)
         weights = 1.0 / counts[train_set.types]
         sampler = WeightedRandomSampler(
@@ -224,41 +189,37 @@ def bag_loaders(args, data: PreparedData, split: Split, labels: LabelSpace) -> d
         )
     loaders["train"] = DataLoader(
         train_set,
-        batch_size=args.batch_size,
+        batch_size=config.batch_size,
         shuffle=sampler is None,
         sampler=sampler,
         collate_fn=collate_bags,
         num_workers=workers,
-        drop_last=len(train_set) > args.batch_size,
+        drop_last=len(train_set) > config.batch_size,
     )
     loaders["train_dataset"] = train_set
     n_slices = sum(len(rows) for rows in train_set.rows.values())
-    device = training_data_device(args, n_slices, data.cache.prep.channels, masks=False)
+    device = training_data_device(
+        config.trainer, n_slices, data.cache.prep.channels, config.data.image_size, masks=False
+    )
     if device is not None:
         loaders["train"] = DeviceBagLoader.from_dataset(
             train_set,
             weights=None if sampler is None else sampler.weights,
-            batch_size=args.batch_size,
+            batch_size=config.batch_size,
             shuffle=sampler is None,
-            drop_last=len(train_set) > args.batch_size,
-            augment=batch_augment(args.augment, args.image_size),
+            drop_last=len(train_set) > config.batch_size,
+            augment=batch_augment(config.augment, config.data.image_size),
             device=device,
             seed=None,  # the global generators, re-seeded per epoch by EpochSeeding
         )
     for part in ("val", "test"):
         dataset = PatientBagDataset(
-            data.cache, split.part(part), labels, args.bag_size, eval_policy
+            data.cache, split.part(part), labels, config.bag_size, eval_policy
         )
         loaders[part] = DataLoader(
-            dataset, batch_size=args.batch_size, collate_fn=collate_bags, num_workers=workers
+            dataset, batch_size=config.batch_size, collate_fn=collate_bags, num_workers=workers
         )
     return loaders
-
-
-def training_transform(augment: str, image_size: int):
-    """The per-slice CPU transform of an ``--augment`` preset (:func:`augment_config`)."""
-    config = augment_config(augment)
-    return build_transform("eval" if config is None else "train", image_size, config)
 
 
 def class_weights(dataset: PatientBagDataset, n_types: int) -> torch.Tensor:
@@ -271,31 +232,25 @@ def class_weights(dataset: PatientBagDataset, n_types: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the command
 
 
-def train_hierarchical(args: argparse.Namespace) -> dict:
-    outdir = check_writable(args.outdir, "--outdir")  # before reading or caching any data
-    if args.ssl_ckpt:  # an unusable encoder checkpoint fails in seconds, not after caching
-        load_checkpoint(args.ssl_ckpt)
-    save_resolved_config(args, outdir)
-    L.seed_everything(args.seed, workers=True, verbose=False)
-    data = prepare_data(
-        args.data_root,
-        format=args.format,
-        strict=args.strict,
-        image_size=args.image_size,
-        channels=args.channels,
-        cache_dir=args.cache_dir,
-        split_file=args.split_file,
-        val_frac=args.val_frac,
-        test_frac=args.test_frac,
-        seed=args.seed,
-        group_by=args.group_by,
-        outdir=None if args.cv else outdir,
-        progress=not args.quiet,
+def train_hierarchical(config: HierarchicalConfig) -> dict:
+    """Run ``mritumor train-hierarchical`` (flags: :mod:`mritumor.commands.hierarchical`): the
+    test report, or with ``cv`` the summary over folds."""
+    outdir = check_writable(config.outdir, "--outdir")  # before reading or caching any data
+    if config.ssl_ckpt:  # an unusable encoder checkpoint fails in seconds, not after caching
+        load_checkpoint(config.ssl_ckpt)
+    save_resolved_config(config, outdir)
+    L.seed_everything(config.data.seed, workers=True, verbose=False)
+    data = prepare_data_for(
+        config.data, outdir=None if config.cv else outdir, progress=not config.trainer.quiet
     )
-    if not args.cv:
-        return run_fold(args, data, data.split, outdir)
+    if not config.cv:
+        return run_fold(config, data, data.split, outdir)
     folds = make_folds(
-        data.catalog.table, args.cv, args.val_frac, seed=args.seed, group_by=args.group_by
+        data.catalog.table,
+        config.cv,
+        config.data.val_frac,
+        seed=config.data.seed,
+        group_by=config.data.group_by,
     )
     reports = []
     for fold in folds:
@@ -305,21 +260,21 @@ def train_hierarchical(args: argparse.Namespace) -> dict:
         log.info(
             "fold %d/%d: %d/%d/%d patients",
             fold.fold + 1,
-            args.cv,
+            config.cv,
             len(fold.train),
             len(fold.val),
             len(fold.test),
         )
-        reports.append(run_fold(args, data, fold, fold_dir))
+        reports.append(run_fold(config, data, fold, fold_dir))
     summary = cv_summary(reports)
     (outdir / "cv_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def run_fold(args, data: PreparedData, split: Split, outdir: Path) -> dict:
-    L.seed_everything(args.seed, workers=True, verbose=False)
-    if args.label_fraction < 1:
-        split = with_fewer_labels(data, split, args.label_fraction, args.seed, outdir)
+def run_fold(config: HierarchicalConfig, data: PreparedData, split: Split, outdir: Path) -> dict:
+    L.seed_everything(config.data.seed, workers=True, verbose=False)
+    if config.label_fraction < 1:
+        split = with_fewer_labels(data, split, config.label_fraction, config.data.seed, outdir)
     labels = LabelSpace.from_table(data.catalog.subset(split.train).table)
     if len(labels.types) < 2:
         from mritumor.errors import DataError
@@ -327,46 +282,46 @@ def run_fold(args, data: PreparedData, split: Split, outdir: Path) -> dict:
         raise DataError(
             f"the training patients have only one tumour type ({labels.types}); nothing to classify"
         )
-    loaders = bag_loaders(args, data, split, labels)
-    model = build_model(args, labels, data.cache.prep.channels)
+    loaders = bag_loaders(config, data, split, labels)
+    model = build_model(config, labels, data.cache.prep.channels)
     type_weights = (
         class_weights(loaders["train_dataset"], len(labels.types))
-        if args.balance == "weights"
+        if config.balance == "weights"
         else None
     )
     task = HierarchicalTask(
         model,
-        args.lr,
-        args.weight_decay,
-        args.epochs,
+        config.lr,
+        config.weight_decay,
+        config.epochs,
         type_weights,
-        args.grade_weight,
-        args.freeze_backbone,
+        config.grade_weight,
+        config.freeze_backbone,
     )
 
     def payload(module: HierarchicalTask) -> dict:
-        return checkpoint_payload(module.model, labels, data, args, split)
+        return checkpoint_payload(module.model, labels, data, config, split)
 
     has_val = len(split.val) > 0
-    monitor = args.monitor if has_val else "train_loss"
+    monitor = config.monitor if has_val else "train_loss"
     mode = "max" if monitor.endswith("accuracy") else "min"
     best = BestStateCheckpoint(outdir / "best.pt", payload, monitor=monitor, mode=mode)
     callbacks = [
         best,
         LastCheckpoint(outdir / "checkpoints"),
     ]
-    if args.patience > 0:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=args.patience))
+    if config.patience > 0:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=config.patience))
     trainer = build_trainer(
-        args,
+        config.trainer,
         outdir,
-        args.epochs,
+        config.epochs,
         callbacks,
         limit_val_batches=1.0 if has_val else 0,
         num_sanity_val_steps=0,
     )
     resume = outdir / "checkpoints" / "last.ckpt"
-    resume = check_resume_checkpoint(resume) if args.resume and resume.is_file() else None
+    resume = check_resume_checkpoint(resume) if config.trainer.resume and resume.is_file() else None
     trainer.fit(
         task,
         loaders["train"],
@@ -376,15 +331,17 @@ def run_fold(args, data: PreparedData, split: Split, outdir: Path) -> dict:
     )
     if not trainer.is_global_zero:
         return {}
-    return finish_fold(args, outdir, labels, loaders)
+    return finish_fold(config, outdir, labels, loaders)
 
 
-def finish_fold(args, outdir: Path, labels: LabelSpace, loaders: dict) -> dict:
+def finish_fold(
+    config: HierarchicalConfig, outdir: Path, labels: LabelSpace, loaders: dict
+) -> dict:
     """Best weights → temperature on validation → test artifacts; the temperature goes into best.pt."""
     checkpoint = load_checkpoint(outdir / "best.pt")
     model = model_from_checkpoint(checkpoint)
     temperature = 1.0
-    if not args.no_calibration and len(loaders["val"].dataset):
+    if not config.no_calibration and len(loaders["val"].dataset):
         val = predict_bags(model, loaders["val"])
         temperature = fit_temperature(val["type_logits"], torch.as_tensor(val["type_true"]))
         checkpoint["temperature"] = float(temperature)
@@ -395,21 +352,25 @@ def finish_fold(args, outdir: Path, labels: LabelSpace, loaders: dict) -> dict:
         labels,
         outdir,
         temperature=temperature,
-        n_boot=args.n_boot,
-        seed=args.seed,
+        n_boot=config.n_boot,
+        seed=config.data.seed,
         catalog=loaders["test"].dataset.cache.catalog,
     )
 
 
 def checkpoint_payload(
-    model: TwoStepClassifier, labels: LabelSpace, data: PreparedData, args, split: Split
+    model: TwoStepClassifier,
+    labels: LabelSpace,
+    data: PreparedData,
+    config: HierarchicalConfig,
+    split: Split,
 ) -> dict:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return {
         "task": "hierarchical",
         "model_state": state,
         "encoder_config": model.backbone.config.to_dict(),
-        "model_config": {"pooling": args.pooling, "dropout": args.dropout},
+        "model_config": {"pooling": config.pooling, "dropout": config.dropout},
         "labels": labels.to_dict(),
         "preprocessing": {
             "image_size": data.cache.prep.image_size,
@@ -417,7 +378,7 @@ def checkpoint_payload(
             "clip_low": data.cache.prep.clip_low,
             "clip_high": data.cache.prep.clip_high,
         },
-        "bag": {"bag_size": args.bag_size, "bag_policy": args.bag_policy},
+        "bag": {"bag_size": config.bag_size, "bag_policy": config.bag_policy},
         "temperature": 1.0,
         "split": {
             "train": split.train,
@@ -425,13 +386,7 @@ def checkpoint_payload(
             "test": split.test,
             "strategy": split.strategy,
         },
-        "config": {
-            k: v
-            for k, v in vars(args).items()
-            if not k.startswith("_")
-            and k != "handler"
-            and isinstance(v, (str, int, float, bool, type(None)))
-        },
+        "config": config.scalar_flags(),
         "metadata": run_metadata(),
     }
 

@@ -9,7 +9,6 @@ seed's comparison table.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -27,12 +26,12 @@ from mritumor.checkpoints import (
     run_metadata,
     save_checkpoint,
 )
-from mritumor.commands.common import save_resolved_config
+from mritumor.config import MultitaskConfig, save_resolved_config
 from mritumor.data.datasets import SliceDataset, identity, rows_of_patients
 from mritumor.data.device_data import DeviceSliceLoader
-from mritumor.data.fast_path import batch_augment, training_data_device
+from mritumor.data.fast_path import batch_augment, training_data_device, training_transform
 from mritumor.data.labels import LabelSpace
-from mritumor.data.prepare import PreparedData, prepare_data
+from mritumor.data.prepare import PreparedData, prepare_data_for
 from mritumor.data.splits import Split
 from mritumor.errors import DataError
 from mritumor.evaluation.calibration import fit_temperature
@@ -46,8 +45,8 @@ from mritumor.models.multitask import (
     freeze_for_stage_two,
     keep_frozen_in_eval,
 )
+from mritumor.models.simclr import load_ssl_encoder
 from mritumor.resources import check_writable
-from mritumor.tasks.hierarchical import load_ssl_encoder, training_transform
 from mritumor.training import BestStateCheckpoint, LastCheckpoint, build_trainer, default_workers
 
 log = logging.getLogger(__name__)
@@ -211,37 +210,43 @@ class MultiTaskTask(L.LightningModule):
 # ----------------------------------------------------------------------------- building blocks
 
 
-def slice_loaders(args, data: PreparedData, split: Split, labels: LabelSpace) -> dict:
+def slice_loaders(
+    config: MultitaskConfig, data: PreparedData, split: Split, labels: LabelSpace
+) -> dict:
     """DataLoaders of the three parts; the training part is a device-resident
     :class:`DeviceSliceLoader` when :func:`training_data_device` says so (``--data_on_device``).
     ``train_dataset`` is the training part as a ``SliceDataset`` (for class weights)."""
-    workers = default_workers(args.num_workers)
+    workers = default_workers(config.trainer.num_workers)
     loaders = {}
     for part in ("train", "val", "test"):
         rows = rows_of_patients(data.cache, split.part(part))
         transform = (
-            training_transform(args.augment, args.image_size) if part == "train" else identity
+            training_transform(config.augment, config.data.image_size)
+            if part == "train"
+            else identity
         )
         dataset = SliceDataset(data.cache, rows, labels, transform)
         loaders[part] = DataLoader(
             dataset,
-            batch_size=args.batch_size,
+            batch_size=config.batch_size,
             shuffle=part == "train",
             num_workers=workers,
-            drop_last=part == "train" and len(dataset) > args.batch_size,
+            drop_last=part == "train" and len(dataset) > config.batch_size,
             persistent_workers=workers > 0 and part == "train",
         )
     loaders["train_dataset"] = train = loaders["train"].dataset
-    device = training_data_device(args, len(train), data.cache.prep.channels, masks=True)
+    device = training_data_device(
+        config.trainer, len(train), data.cache.prep.channels, config.data.image_size, masks=True
+    )
     if device is not None:
         loaders["train"] = DeviceSliceLoader.from_cache(
             data.cache,
             train.rows,
             labels,
-            batch_size=args.batch_size,
+            batch_size=config.batch_size,
             shuffle=True,
-            drop_last=len(train) > args.batch_size,
-            augment=batch_augment(args.augment, args.image_size),
+            drop_last=len(train) > config.batch_size,
+            augment=batch_augment(config.augment, config.data.image_size),
             device=device,
             seed=None,  # the global generators, re-seeded per epoch by EpochSeeding
         )
@@ -256,20 +261,22 @@ def class_weights(dataset: SliceDataset, n_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def build_model(args, variant: str, labels: LabelSpace, channels: int) -> MultiTaskNet:
+def build_model(
+    config: MultitaskConfig, variant: str, labels: LabelSpace, channels: int
+) -> MultiTaskNet:
     model = build_multitask_model(
         variant,
         len(labels.types),
-        args.backbone,
+        config.backbone,
         channels,
-        args.image_size,
-        pretrained=args.pretrained,
-        hidden_dim=args.hidden_dim,
-        dropout=args.dropout,
-        decoder=args.decoder,
+        config.data.image_size,
+        pretrained=config.pretrained,
+        hidden_dim=config.hidden_dim,
+        dropout=config.dropout,
+        decoder=config.decoder,
     )
-    if args.ssl_ckpt:
-        load_ssl_encoder(model.encoder, args.ssl_ckpt)
+    if config.ssl_ckpt:
+        load_ssl_encoder(model.encoder, config.ssl_ckpt)
     return model
 
 
@@ -299,79 +306,72 @@ def load_stage_one(model: MultiTaskNet, checkpoint_path: Path) -> None:
 # ----------------------------------------------------------------------------- the command
 
 
-def train_multitask(args: argparse.Namespace) -> dict:
-    outdir = check_writable(args.outdir, "--outdir")  # before reading or caching any data
-    for given in (args.ssl_ckpt, args.seg_ckpt):  # unusable checkpoints fail in seconds
+def train_multitask(config: MultitaskConfig) -> dict:
+    """Run ``mritumor train-multitask`` (flags: :mod:`mritumor.commands.multitask`): one
+    variant's test report, or for ``variant="all"`` the seven by variant."""
+    outdir = check_writable(config.outdir, "--outdir")  # before reading or caching any data
+    for given in (config.ssl_ckpt, config.seg_ckpt):  # unusable checkpoints fail in seconds
         if given:
             load_checkpoint(given)
-    save_resolved_config(args, outdir)
-    L.seed_everything(args.seed, workers=True, verbose=False)
-    data = prepare_data(
-        args.data_root,
-        format=args.format,
-        strict=args.strict,
-        image_size=args.image_size,
-        channels=args.channels,
-        cache_dir=args.cache_dir,
-        split_file=args.split_file,
-        val_frac=args.val_frac,
-        test_frac=args.test_frac,
-        seed=args.seed,
-        group_by=args.group_by,
-        outdir=outdir,
-        progress=not args.quiet,
-    )
+    save_resolved_config(config, outdir)
+    L.seed_everything(config.data.seed, workers=True, verbose=False)
+    data = prepare_data_for(config.data, outdir=outdir, progress=not config.trainer.quiet)
     has_masks = data.catalog.table["mask"].notna().any()
     if not has_masks:
         raise DataError(
-            f"{args.data_root} has no tumour masks: train-multitask needs masks for segmentation "
+            f"{config.data.data_root} has no tumour masks: train-multitask needs masks for segmentation "
             "(use train-hierarchical for classification only)"
         )
     labels = LabelSpace.from_table(data.catalog.subset(data.split.train).table)
     if len(labels.types) < 2:
         raise DataError(f"the training patients have one tumour type only ({labels.types})")
-    if args.variant != "all":
-        return run_variant(args, data, labels, args.variant, outdir, args.seg_ckpt)
+    if config.variant != "all":
+        return run_variant(config, data, labels, config.variant, outdir, config.seg_ckpt)
     reports = {}
     for variant in VARIANTS:
         stage_one = outdir / "A" / "best.pt" if variant == "C" else None
         log.info("variant %s", variant)
-        reports[variant] = run_variant(args, data, labels, variant, outdir / variant, stage_one)
+        reports[variant] = run_variant(config, data, labels, variant, outdir / variant, stage_one)
     write_comparison(reports, outdir)
     return reports
 
 
 def run_variant(
-    args, data: PreparedData, labels: LabelSpace, variant: str, outdir: Path, stage_one=None
+    config: MultitaskConfig,
+    data: PreparedData,
+    labels: LabelSpace,
+    variant: str,
+    outdir: Path,
+    stage_one=None,
 ) -> dict:
     outdir.mkdir(parents=True, exist_ok=True)
     if variant == "C" and not stage_one:
         log.info("variant C: stage 1 trains the segmentation network (variant A) first")
-        run_variant(args, data, labels, "A", outdir / "stage1_A")
+        run_variant(config, data, labels, "A", outdir / "stage1_A")
         stage_one = outdir / "stage1_A" / "best.pt"
-    L.seed_everything(args.seed, workers=True, verbose=False)
-    loaders = slice_loaders(args, data, data.split, labels)
-    model = build_model(args, variant, labels, data.cache.prep.channels)
+    L.seed_everything(config.data.seed, workers=True, verbose=False)
+    loaders = slice_loaders(config, data, data.split, labels)
+    model = build_model(config, variant, labels, data.cache.prep.channels)
     if variant == "C":
         load_stage_one(model, Path(stage_one))
-    if args.channels_last:
+    if config.channels_last:
         model = model.to_channels_last()
     weights = (
         class_weights(loaders["train_dataset"], len(labels.types))
-        if args.balance == "weights"
+        if config.balance == "weights"
         else None
     )
     stage = "classification" if variant == "C" else "joint"
     task = MultiTaskTask(
-        model, args.lr, args.weight_decay, args.epochs, args.seg_weight, args.cls_weight,
-        weights, stage, args.seg_loss, args.warmup_epochs, args.ema_decay,
+        model, config.lr, config.weight_decay, config.epochs, config.seg_weight, config.cls_weight,
+        weights, stage, config.seg_loss, config.warmup_epochs, config.ema_decay,
     )  # fmt: skip
 
     def payload(module: MultiTaskTask) -> dict:
-        return checkpoint_payload(module.eval_model, variant, labels, data, args)
+        return checkpoint_payload(module.eval_model, variant, labels, data, config)
 
     has_val = len(data.split.val) > 0
-    monitor = args.monitor if has_val else "train_loss"
+    monitor = config.monitor if has_val else "train_loss"
     # a variant without the monitored output (or C, whose masks are frozen) watches its loss
     if (monitor == "val_dice" and (not model.segments or variant == "C")) or (
         monitor == "val_accuracy" and not model.classifies
@@ -382,14 +382,14 @@ def run_variant(
         BestStateCheckpoint(outdir / "best.pt", payload, monitor=monitor, mode=mode),
         LastCheckpoint(outdir / "checkpoints"),
     ]
-    if args.patience > 0:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=args.patience))
+    if config.patience > 0:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=config.patience))
     trainer = build_trainer(
-        args, outdir, args.epochs, callbacks,
+        config.trainer, outdir, config.epochs, callbacks,
         limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0,
     )  # fmt: skip
     resume = outdir / "checkpoints" / "last.ckpt"
-    resume = check_resume_checkpoint(resume) if args.resume and resume.is_file() else None
+    resume = check_resume_checkpoint(resume) if config.trainer.resume and resume.is_file() else None
     trainer.fit(
         task,
         loaders["train"],
@@ -399,14 +399,16 @@ def run_variant(
     )
     if not trainer.is_global_zero:
         return {}
-    return finish_variant(args, outdir, labels, loaders, data)
+    return finish_variant(config, outdir, labels, loaders, data)
 
 
-def finish_variant(args, outdir: Path, labels: LabelSpace, loaders: dict, data) -> dict:
+def finish_variant(
+    config: MultitaskConfig, outdir: Path, labels: LabelSpace, loaders: dict, data
+) -> dict:
     checkpoint = load_checkpoint(outdir / "best.pt")
     model = model_from_checkpoint(checkpoint)
     temperature = 1.0
-    if model.classifies and not args.no_calibration and len(loaders["val"].dataset):
+    if model.classifies and not config.no_calibration and len(loaders["val"].dataset):
         val = predict_slices(model, loaders["val"])
         temperature = fit_temperature(val["class_logits"], torch.as_tensor(val["type_true"]))
         checkpoint["temperature"] = float(temperature)
@@ -419,13 +421,15 @@ def finish_variant(args, outdir: Path, labels: LabelSpace, loaders: dict, data) 
         cache=data.cache,
         variant=checkpoint["model_config"]["variant"],
         temperature=temperature,
-        n_boot=args.n_boot,
-        seed=args.seed,
-        n_overlays=args.n_overlays,
+        n_boot=config.n_boot,
+        seed=config.data.seed,
+        n_overlays=config.n_overlays,
     )
 
 
-def checkpoint_payload(model: MultiTaskNet, variant: str, labels: LabelSpace, data, args) -> dict:
+def checkpoint_payload(
+    model: MultiTaskNet, variant: str, labels: LabelSpace, data, config: MultitaskConfig
+) -> dict:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     split = data.split
     return {
@@ -434,13 +438,13 @@ def checkpoint_payload(model: MultiTaskNet, variant: str, labels: LabelSpace, da
         "encoder_config": model.encoder.config.to_dict(),
         "model_config": {
             "variant": variant,
-            "backbone": args.backbone,
+            "backbone": config.backbone,
             "decoder": model.decoder_name,
             "n_classes": len(labels.types),
             "image_size": data.cache.prep.image_size,
             "in_channels": data.cache.prep.channels,
-            "hidden_dim": args.hidden_dim,
-            "dropout": args.dropout,
+            "hidden_dim": config.hidden_dim,
+            "dropout": config.dropout,
         },
         "labels": labels.to_dict(),
         "preprocessing": {
@@ -451,12 +455,6 @@ def checkpoint_payload(model: MultiTaskNet, variant: str, labels: LabelSpace, da
         },
         "temperature": 1.0,
         "split": {"train": split.train, "val": split.val, "test": split.test},
-        "config": {
-            k: v
-            for k, v in vars(args).items()
-            if not k.startswith("_")
-            and k != "handler"
-            and isinstance(v, (str, int, float, bool, type(None)))
-        },
+        "config": config.scalar_flags(),
         "metadata": run_metadata(),
     }

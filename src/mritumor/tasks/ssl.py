@@ -29,11 +29,10 @@ Artifacts in ``--outdir``:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import lightning as L
@@ -47,12 +46,12 @@ from mritumor.checkpoints import (
     run_metadata,
     save_checkpoint,
 )
-from mritumor.commands.common import save_resolved_config
+from mritumor.config import PretrainConfig, save_resolved_config
 from mritumor.data.batch_augment import BatchAugment
 from mritumor.data.datasets import ContrastivePairDataset, rows_of_patients
 from mritumor.data.device_data import DevicePairLoader
 from mritumor.data.fast_path import training_data_device
-from mritumor.data.prepare import PreparedData, prepare_data
+from mritumor.data.prepare import PreparedData, prepare_data_for
 from mritumor.data.transforms import build_transform
 from mritumor.errors import DataError, MritumorError
 from mritumor.losses import nt_xent_loss
@@ -224,39 +223,41 @@ class SaveBestSimCLR(L.Callback):
 
 
 def make_loaders(
-    data: PreparedData, args: argparse.Namespace, world_size: int = 1
+    data: PreparedData, config: PretrainConfig, world_size: int = 1
 ) -> tuple[DataLoader, DataLoader]:
     """Contrastive pairs of the train and val patients (labels are never read)."""
-    transform = build_transform("ssl", args.image_size)
+    transform = build_transform("ssl", config.data.image_size)
     cache = data.cache
     train = ContrastivePairDataset(
-        cache, rows_of_patients(cache, data.patients("train")), transform, args.positive_pairs
+        cache, rows_of_patients(cache, data.patients("train")), transform, config.positive_pairs
     )
     val = FixedViews(
         ContrastivePairDataset(
-            cache, rows_of_patients(cache, data.patients("val")), transform, args.positive_pairs
+            cache, rows_of_patients(cache, data.patients("val")), transform, config.positive_pairs
         ),
-        seed=args.seed,
+        seed=config.data.seed,
     )
-    workers = default_workers(args.num_workers)
+    workers = default_workers(config.trainer.num_workers)
     options = {
-        "batch_size": args.batch_size,
+        "batch_size": config.batch_size,
         "num_workers": workers,
         "persistent_workers": workers > 0,
         "pin_memory": torch.cuda.is_available(),
     }
     # A small last batch gives few negatives and a noisy step; drop it unless it is all there is.
-    drop_last = len(train) // world_size >= args.batch_size
+    drop_last = len(train) // world_size >= config.batch_size
     val_loader = DataLoader(val, shuffle=False, **options)
     device = None
-    if args.positive_pairs == "augment":  # the device loader makes augmented pairs only
-        device = training_data_device(args, len(train), cache.prep.channels, masks=False)
+    if config.positive_pairs == "augment":  # the device loader makes augmented pairs only
+        device = training_data_device(
+            config.trainer, len(train), cache.prep.channels, config.data.image_size, masks=False
+        )
     if device is not None:
         train_loader = DevicePairLoader.from_cache(
             cache,
             train.rows,
-            BatchAugment(None, args.image_size, "ssl"),
-            batch_size=args.batch_size,
+            BatchAugment(None, config.data.image_size, "ssl"),
+            batch_size=config.batch_size,
             shuffle=True,
             drop_last=drop_last,
             device=device,
@@ -266,32 +267,22 @@ def make_loaders(
     return DataLoader(train, shuffle=True, drop_last=drop_last, **options), val_loader
 
 
-def pretrain(args: argparse.Namespace) -> Path:
+def pretrain(config: PretrainConfig) -> Path:
     """Run ``mritumor pretrain`` (flags: :mod:`mritumor.commands.pretrain`); returns the path of
     ``simclr_pretrain.pt``."""
-    outdir = check_writable(args.outdir, "--outdir")  # before reading or caching any data
+    outdir = check_writable(config.outdir, "--outdir")  # before reading or caching any data
     is_main_process = rank_zero_only.rank == 0
-    if args.pretrained:  # fail in seconds when the weights are missing, not after data caching
-        build_encoder(args.encoder, 1, args.image_size, pretrained=True)
-    resume_from = _resume_checkpoint(outdir) if args.resume else None
-    L.seed_everything(args.seed, workers=True, verbose=False)
-    split_file = args.split_file
+    if config.pretrained:  # fail in seconds when the weights are missing, not after data caching
+        build_encoder(config.encoder, 1, config.data.image_size, pretrained=True)
+    resume_from = _resume_checkpoint(outdir) if config.trainer.resume else None
+    L.seed_everything(config.data.seed, workers=True, verbose=False)
+    split_file = config.data.split_file
     if resume_from and not split_file and (outdir / "split.json").is_file():
         split_file = outdir / "split.json"  # a resumed run keeps its patients
-    data = prepare_data(
-        args.data_root,
-        format=args.format,
-        strict=args.strict,
-        image_size=args.image_size,
-        channels=args.channels,
-        cache_dir=args.cache_dir,
-        split_file=split_file,
-        val_frac=args.val_frac,
-        test_frac=args.test_frac,
-        seed=args.seed,
-        group_by=args.group_by,
+    data = prepare_data_for(
+        replace(config.data, split_file=split_file),
         outdir=outdir if is_main_process else None,
-        progress=is_main_process and not getattr(args, "quiet", False),
+        progress=is_main_process and not config.trainer.quiet,
     )
     if not data.split.val:
         raise DataError(
@@ -299,29 +290,32 @@ def pretrain(args: argparse.Namespace) -> Path:
             "patients: set --val_frac > 0, or give a --split_file with a val part"
         )
     encoder = build_encoder(
-        args.encoder, data.cache.prep.channels, args.image_size, pretrained=args.pretrained
+        config.encoder,
+        data.cache.prep.channels,
+        config.data.image_size,
+        pretrained=config.pretrained,
     )
-    model = SimCLRModel(encoder, projection_dim=args.projection_dim)
+    model = SimCLRModel(encoder, projection_dim=config.projection_dim)
     if is_main_process:
-        save_resolved_config(args, outdir)
+        save_resolved_config(config, outdir)
 
     best = SaveBestSimCLR(
-        outdir / CHECKPOINT_NAME, encoder.config.to_dict(), _static_metadata(args, data, model)
+        outdir / CHECKPOINT_NAME, encoder.config.to_dict(), _static_metadata(config, data, model)
     )
     last = LastCheckpoint(outdir / "checkpoints")
     trainer = build_trainer(
-        args,
+        config.trainer,
         outdir,
-        args.epochs,
+        config.epochs,
         callbacks=[best, last],
         # SimCLR's "global BN" across GPUs; PyTorch's SyncBatchNorm does not run on CPU.
-        sync_batchnorm=args.accelerator != "cpu" and torch.cuda.is_available(),
+        sync_batchnorm=config.trainer.accelerator != "cpu" and torch.cuda.is_available(),
     )
     best.metadata["training"].update(
         world_size=trainer.world_size, precision=str(trainer.precision)
     )
-    train_loader, val_loader = make_loaders(data, args, trainer.world_size)
-    task = SimCLRTask(model, args.temperature, args.lr, args.weight_decay)
+    train_loader, val_loader = make_loaders(data, config, trainer.world_size)
+    task = SimCLRTask(model, config.temperature, config.lr, config.weight_decay)
     trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
 
     path = outdir / CHECKPOINT_NAME
@@ -342,13 +336,13 @@ def _resume_checkpoint(outdir: Path) -> Path:
     return check_resume_checkpoint(path)  # unsafe or damaged: a clear error, not a traceback
 
 
-def _static_metadata(args: argparse.Namespace, data: PreparedData, model: SimCLRModel) -> dict:
+def _static_metadata(config: PretrainConfig, data: PreparedData, model: SimCLRModel) -> dict:
     """The parts of the metadata known before training starts."""
     cache = data.cache
     return {
-        "epochs_requested": args.epochs,
+        "epochs_requested": config.epochs,
         "data": {
-            "data_root": str(Path(args.data_root).resolve()),
+            "data_root": str(Path(config.data.data_root).resolve()),
             "source": data.catalog.source,
             "slices": len(data.catalog),
             "patients": len(data.catalog.patients),
@@ -360,14 +354,14 @@ def _static_metadata(args: argparse.Namespace, data: PreparedData, model: SimCLR
         "preprocessing": asdict(cache.prep),
         "training": {
             "method": "simclr",
-            "temperature": args.temperature,
+            "temperature": config.temperature,
             "projection_dim": model.projection_dim,
             "projection_hidden_dim": model.hidden_dim,
-            "lr": args.lr,
-            "weight_decay": args.weight_decay,
-            "batch_size": args.batch_size,
-            "positive_pairs": args.positive_pairs,
-            "imagenet_init": bool(args.pretrained),
-            "seed": args.seed,
+            "lr": config.lr,
+            "weight_decay": config.weight_decay,
+            "batch_size": config.batch_size,
+            "positive_pairs": config.positive_pairs,
+            "imagenet_init": bool(config.pretrained),
+            "seed": config.data.seed,
         },
     }
