@@ -326,7 +326,7 @@ class ResumableDownloader:
                     disable=not self.progress,
                 ) as bar,
             ):
-                for chunk in response.iter_content(1 << 20):
+                for chunk in response.iter_content(1 << 16):
                     sink.write(chunk)
                     bar.update(len(chunk))
 
