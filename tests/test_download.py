@@ -364,8 +364,11 @@ def test_account_sources_show_the_steps_then_check_the_layout(tmp_path: Path, ca
     assert "not folder or manifest" in capsys.readouterr().out
 
 
-def test_unknown_source_and_missing_out_are_clear_errors(capsys):
+def test_unknown_source_missing_out_and_odd_mirror_are_clear_errors(tmp_path: Path, capsys):
     assert main(["data", "download", "imagenet", "--out", "x"]) == 2
     assert "unknown source 'imagenet'" in capsys.readouterr().err
     assert main(["data", "download", "figshare"]) == 2
     assert "--out is required" in capsys.readouterr().err
+    command = ["data", "download", "figshare", "--out", str(tmp_path / "d")]
+    assert main(command + ["--base_url", "ftp://127.0.0.1/x"]) == 2
+    assert "not an http(s) URL" in capsys.readouterr().err

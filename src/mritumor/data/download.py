@@ -154,8 +154,10 @@ def manual_source_catalog(name: str, out: str | Path):
 
 def resolve_mirror(base_url: str | None) -> str | None:
     """``base_url`` when given, else ``$MRITUMOR_MIRROR``, without a trailing slash."""
-    value = (base_url or os.environ.get(MIRROR_ENV) or "").strip()
-    return value.rstrip("/") or None
+    value = (base_url or os.environ.get(MIRROR_ENV) or "").strip().rstrip("/")
+    if value and not value.startswith(("https://", "http://")):
+        raise DataError(f"the mirror {value!r} is not an http(s) URL (--base_url, ${MIRROR_ENV})")
+    return value or None
 
 
 @dataclass(frozen=True)
