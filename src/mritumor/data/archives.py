@@ -15,6 +15,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from mritumor.errors import DataError
 from mritumor.resources import check_free_space
@@ -43,6 +44,8 @@ def safe_unpack(archive: str | Path, destination: str | Path) -> list[Path]:
     the same name). Raises :class:`UnsafeArchiveError` before writing anything when an entry is
     unsafe, and :class:`DataError` when the file is not a readable archive."""
     archive, destination = Path(archive), Path(destination)
+    opener: Any
+    lister: Any
     if str(archive).lower().endswith(".zip"):
         opener, lister = _open_zip, _zip_entries
     else:
@@ -137,7 +140,7 @@ def _tar_entries(handle: tarfile.TarFile, archive: Path) -> list[_Entry]:
 
 def _member_stream(handle, entry: _Entry):
     if isinstance(handle, zipfile.ZipFile):
-        return handle.open(entry.member)
+        return handle.open(entry.member)  # type: ignore[arg-type]  # a ZipInfo here
     stream = handle.extractfile(entry.member)
     if stream is None:
         raise DataError(f"cannot read entry {entry.name}")

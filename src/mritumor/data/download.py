@@ -375,7 +375,7 @@ def _continues_at(response, offset: int) -> bool:
     if response.status_code != 206:
         return False
     match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
-    return bool(match) and int(match.group(1)) == offset
+    return match is not None and int(match.group(1)) == offset
 
 
 def _mismatch(listed: ListedFile, downloader: ResumableDownloader, error: Exception) -> str:
