@@ -154,6 +154,7 @@ class HierarchicalConfig(FlagConfig):
     batch_size: int = 2
     bag_size: int = 8
     bag_policy: str = "uniform"
+    bag_slices: str = "all"
     backbone: str = "mobilenet_v2"
     ssl_ckpt: str | None = None
     freeze_backbone: bool = False

@@ -43,6 +43,15 @@ def register(subcommands) -> None:
     )
     flag(
         parser,
+        "--bag_slices",
+        choices=("all", "tumour"),
+        default="all",
+        help="which slices a bag is drawn from: all, or those whose mask shows tumour (patients "
+        "without masks, and new scans at predict time, use all of theirs). Masks select the "
+        "test patients' slices too: the metrics then assume the tumour slices are known",
+    )
+    flag(
+        parser,
         "--backbone",
         choices=BACKBONE_NAMES,
         default="mobilenet_v2",

@@ -176,6 +176,7 @@ def bag_loaders(
         config.bag_size,
         config.bag_policy,
         transform=training_transform(config.augment, config.data.image_size),
+        slices=config.bag_slices,
     )
     # evaluation bags are deterministic: 'random' becomes 'uniform'
     eval_policy = "uniform" if config.bag_policy == "random" else config.bag_policy
@@ -214,7 +215,12 @@ def bag_loaders(
         )
     for part in ("val", "test"):
         dataset = PatientBagDataset(
-            data.cache, split.part(part), labels, config.bag_size, eval_policy
+            data.cache,
+            split.part(part),
+            labels,
+            config.bag_size,
+            eval_policy,
+            slices=config.bag_slices,
         )
         loaders[part] = DataLoader(
             dataset, batch_size=config.batch_size, collate_fn=collate_bags, num_workers=workers
@@ -378,7 +384,11 @@ def checkpoint_payload(
             "clip_low": data.cache.prep.clip_low,
             "clip_high": data.cache.prep.clip_high,
         },
-        "bag": {"bag_size": config.bag_size, "bag_policy": config.bag_policy},
+        "bag": {
+            "bag_size": config.bag_size,
+            "bag_policy": config.bag_policy,
+            "bag_slices": config.bag_slices,
+        },
         "temperature": 1.0,
         "split": {
             "train": split.train,
