@@ -43,13 +43,22 @@ def run_demo(
     outdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     real = data_root is not None
-    size = "128" if real else "64"
-    backbone = "mobilenet_v2" if real else "small_cnn"
-    epochs = {
-        "ssl": "2" if quick else ("10" if real else "15"),
-        "sup": "2" if quick else ("15" if real else "20"),
-        "multitask": "2" if quick else ("10" if real else "12"),
-    }
+    # Real data: the cpu-quick recipe (minutes per step on a CPU); --quick cuts it to 2 epochs.
+    # Generated data: small explicit settings sized for the 64-px synthetic cohort.
+    epochs = ["--epochs", "2"] if quick else []
+    if real:
+        settings = dict.fromkeys(("ssl", "sup", "multitask"), ["--recipe", "cpu-quick", *epochs])
+    else:
+        small = ["--image_size", "64", "--patience", "0"]
+        settings = {
+            "ssl": ["--encoder", "small_cnn", "--image_size", "64", "--batch_size", "32"]
+            + ["--lr", "1e-3", *(epochs or ["--epochs", "15"])],
+            # 16 synthetic patients per class: augmentation would only slow learning down
+            "sup": ["--backbone", "small_cnn", "--batch_size", "2", "--bag_size", "6"]
+            + ["--augment", "none", "--lr", "1e-3", *small, *(epochs or ["--epochs", "20"])],
+            "multitask": ["--backbone", "small_cnn", "--batch_size", "16", "--augment", "none"]
+            + [*small, "--lr", "2e-3", *(epochs or ["--epochs", "12"])],
+        }
     number = iter(range(1, STEPS + 1))
 
     def step(title: str, argv: list[str]) -> None:
@@ -71,28 +80,20 @@ def run_demo(
     split = ["--split_file", str(ssl_dir / "split.json")]
     step(
         "Self-supervised pretraining (SimCLR, labels unused)",
-        ["pretrain", "--data_root", data_root, "--outdir", str(ssl_dir), "--encoder", backbone]
-        + ["--image_size", size, "--epochs", epochs["ssl"], "--batch_size", "32", "--lr", "1e-3"],
+        ["pretrain", "--data_root", data_root, "--outdir", str(ssl_dir), *settings["ssl"]],
     )
     step(
         "Two-step classifier: patient bags → type → grade, from the SSL encoder",
         ["train-hierarchical", "--data_root", data_root, "--outdir", str(run_dir)]
-        + ["--epochs", epochs["sup"], "--batch_size", "2", "--bag_size", "6"]
-        + ["--bag_policy", "uniform", "--backbone", backbone]
-        + ["--ssl_ckpt", str(ssl_dir / "simclr_pretrain.pt"), "--image_size", size]
-        + ["--lr", "1e-3", "--patience", "0", *split]
-        # 16 synthetic patients per class: augmentation would only slow learning down
-        + ["--augment", "light" if real else "none"],
+        + ["--ssl_ckpt", str(ssl_dir / "simclr_pretrain.pt"), *split, *settings["sup"]],
     )
     multitask_dir = outdir / "multitask"
     for variant, what in (("D", "naive joint training"), ("E", "class logits fused into masks")):
         step(
             f"Multi-task segmentation + classification, variant {variant} ({what})",
             ["train-multitask", "--data_root", data_root, "--outdir"]
-            + [str(multitask_dir / variant), "--variant", variant, "--backbone", "small_cnn"]
-            + ["--image_size", size, "--epochs", epochs["multitask"], "--batch_size", "16"]
-            + ["--lr", "2e-3", "--patience", "0", "--n_boot", "500", *split]
-            + ["--augment", "light" if real else "none"],
+            + [str(multitask_dir / variant), "--variant", variant, "--n_boot", "500", *split]
+            + settings["multitask"],
         )
     explain_dir = outdir / "explain"
     step(
