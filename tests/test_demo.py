@@ -74,3 +74,29 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path: Path, capsy
     assert (out / "explain" / "attribution_summary.json").is_file()
     html = (out / "report.html").read_text()
     assert "<html" in html.lower() and "two_step" in html and "compare" in html
+
+
+def test_demo_on_real_data_trains_with_the_cpu_quick_recipe(tmp_path: Path):
+    from mritumor.demo import run_demo
+
+    seen: list[list[str]] = []
+
+    class Stop(Exception):
+        pass
+
+    def run(argv: list[str]) -> int:
+        seen.append(argv)
+        if argv[0] == "explain":
+            raise Stop  # the training steps are what this test is about
+        return 0
+
+    with pytest.raises(Stop):
+        run_demo(tmp_path / "d", data_root=str(tmp_path / "data"), quick=True, run=run)
+    training = [a for a in seen if a[0] in ("pretrain", "train-hierarchical", "train-multitask")]
+    assert [a[0] for a in training] == [
+        "pretrain", "train-hierarchical", "train-multitask", "train-multitask",
+    ]  # fmt: skip
+    for argv in training:
+        assert argv[argv.index("--recipe") + 1] == "cpu-quick"
+        assert argv[argv.index("--epochs") + 1] == "2"  # --quick
+        assert "--image_size" not in argv and "--backbone" not in argv  # the recipe decides
