@@ -25,6 +25,7 @@ from mritumor.commands import (
     pretrain,
     recipes,
     report,
+    serve,
 )
 from mritumor.errors import MritumorError
 
@@ -41,6 +42,7 @@ COMMAND_MODULES = [
     compare,
     report,
     recipes,
+    serve,
 ]
 
 
