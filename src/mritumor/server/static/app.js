@@ -91,6 +91,7 @@ function loadImage(src) {
 async function drawSlice(canvas, slice) {
   const ctx = canvas.getContext("2d");
   const side = canvas.width;
+  ctx.imageSmoothingEnabled = false; // pixels as the model saw them, mask edges where they are
   if (slice.image_png) ctx.drawImage(await loadImage(slice.image_png), 0, 0, side, side);
   const layers = [];
   if (slice.mask_png) {
