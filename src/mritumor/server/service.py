@@ -141,9 +141,9 @@ def predict_upload(
             prediction = entry.predictor(patient)
         except DataError as error:
             if len(patients) == 1:
-                raise UploadError(_scrub(str(error), root, label), 422) from error
+                raise UploadError(_scrub(str(error), root, label, path), 422) from error
             skipped.append(
-                {"patient_id": patient.patient_id, "reason": _scrub(str(error), root, label)}
+                {"patient_id": patient.patient_id, "reason": _scrub(str(error), root, label, path)}
             )
             continue
         record = prediction.record
@@ -157,8 +157,10 @@ def predict_upload(
     return {"model": model, "patients": records, "skipped": skipped}
 
 
-def _scrub(message: str, folder: Path, label: str) -> str:
+def _scrub(message: str, folder: Path, label: str, file: Path | None = None) -> str:
     """A message with the upload's name in place of the server's temporary paths."""
+    if file is not None:
+        message = message.replace(str(file), label)
     return message.replace(str(folder), label)
 
 
