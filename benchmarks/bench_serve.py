@@ -291,7 +291,7 @@ def hostile_corpus(slice_png: bytes) -> list[tuple[str, bytes, dict]]:
     object_npy = io.BytesIO()
     np.save(object_npy, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     files("NPY: pickled objects", [("p.npy", object_npy.getvalue())])
-    files("RGB slice for a grayscale model", [("rgb.png", png_bytes(np.full((32, 32, 3), 120, np.uint8)))])  # fmt: skip
+    files("colour slice for a grayscale model", [("rgb.png", png_bytes(np.random.default_rng(2).integers(0, 255, (32, 32, 3), dtype=np.uint8)))])  # fmt: skip
     files("1×1 pixel slice", [("one.png", png_bytes(np.full((1, 1), 7, np.uint8)))])
     files("text named .png", [("x.png", b"hello, this is text" * 20)])
     files("HTML named .png", [("x.png", b"<html><script>alert(1)</script></html>" * 10)])
