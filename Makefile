@@ -28,15 +28,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# The report's render test needs headless Chromium: the Debian package is installed when it is
-# missing (as root, or with password-less sudo); if that cannot be done the one test skips.
+# The report's render test and the serve page's browser test need headless Chromium (and its
+# driver): the Debian packages are installed when missing (as root, or with password-less
+# sudo); if that cannot be done those tests skip.
 test: lint typecheck
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing chromium (Debian package) for the report's render test"; \
-	  { { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+	  echo "installing chromium + chromium-driver (Debian packages) for the browser tests"; \
+	  { { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
 	    { sudo -n apt-get update -qq && \
-	      sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }; \
-	  } >/dev/null 2>&1 || echo "chromium not installed: the report render test will skip"; }
+	      sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }; \
+	  } >/dev/null 2>&1 || echo "chromium not installed: the browser tests will skip"; }
 	$(BIN)/python -m pytest
 
 clean:

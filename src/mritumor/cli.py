@@ -24,6 +24,7 @@ from mritumor.commands import (
     pretrain,
     recipes,
     report,
+    serve,
 )
 
 COMMAND_MODULES = [
@@ -39,6 +40,7 @@ COMMAND_MODULES = [
     compare,
     report,
     recipes,
+    serve,
 ]
 
 
