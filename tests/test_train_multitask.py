@@ -152,3 +152,32 @@ def test_c_refuses_a_stage_one_checkpoint_of_another_variant(
     )
     assert code == 2
     assert "not a variant-A checkpoint" in capsys.readouterr().err
+
+
+def test_uncertainty_is_fitted_and_its_test_report_matches_the_predictions(all_variants):
+    """best.pt holds the OOD detector and conformal scores; uncertainty.json's coverage, set
+    size and risk-coverage equal what predictions.csv gives with the stored threshold."""
+    from mritumor.evaluation.uncertainty import set_threshold
+
+    folder = all_variants / "D"
+    state = load_checkpoint(folder / "best.pt")["uncertainty"]
+    report = json.loads((folder / "uncertainty.json").read_text())
+    frame = pd.read_csv(folder / "predictions.csv")
+    classes = [c.removeprefix("p_type_") for c in frame.filter(like="p_type_").columns]
+    probs = frame[[f"p_type_{c}" for c in classes]].to_numpy()
+    truth = frame["true_type"].map(classes.index).to_numpy()
+    threshold = set_threshold(state)
+    members = (1 - probs) <= threshold + 1e-12  # lac sets
+    members[np.arange(len(probs)), probs.argmax(axis=1)] = True
+    conformal = report["conformal"]
+    assert conformal["nominal_coverage"] == 0.9 and conformal["method"] == "lac"
+    assert conformal["coverage"] == pytest.approx(
+        members[np.arange(len(truth)), truth].mean(), abs=1e-6
+    )
+    assert conformal["mean_set_size"] == pytest.approx(members.sum(axis=1).mean(), abs=1e-6)
+    correct = probs.argmax(axis=1) == truth
+    order = np.argsort(-probs.max(axis=1), kind="stable")
+    aurc = np.mean(np.cumsum(~correct[order]) / np.arange(1, len(order) + 1))
+    assert report["selective"]["aurc"] == pytest.approx(aurc, abs=1e-4)  # csv rounds probabilities
+    assert (folder / "risk_coverage.png").stat().st_size > 0
+    assert "uncertainty" not in load_checkpoint(all_variants / "A" / "best.pt")  # no classifier

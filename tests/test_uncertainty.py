@@ -124,7 +124,12 @@ def test_risk_coverage_by_hand():
 
 def test_fitted_state_round_trips_a_safe_checkpoint_and_keeps_its_promises(tmp_path):
     from mritumor.checkpoints import load_checkpoint, save_checkpoint
-    from mritumor.evaluation.uncertainty import apply_uncertainty, fit_uncertainty, softmax
+    from mritumor.evaluation.uncertainty import (
+        apply_uncertainty,
+        fit_uncertainty,
+        set_threshold,
+        softmax,
+    )
 
     rng = np.random.default_rng(3)
     n, d = 300, 6
@@ -152,4 +157,6 @@ def test_fitted_state_round_trips_a_safe_checkpoint_and_keeps_its_promises(tmp_p
     patient_labels = val_labels.reshape(30, 4).max(axis=1)
     true_scores = np.sort(1 - patient_probs[np.arange(30), patient_labels])
     expected = true_scores[int(np.ceil(31 * 0.9)) - 1]
-    assert state["patient"]["conformal_threshold"] == pytest.approx(expected)
+    assert set_threshold(state, level="patient") == pytest.approx(expected)
+    # another coverage from the same stored scores: rank ceil(31 * 0.5) = 16
+    assert set_threshold(state, 0.5, level="patient") == pytest.approx(true_scores[15])

@@ -170,6 +170,7 @@ class HierarchicalConfig(FlagConfig):
     patience: int = 8
     cv: int = 0
     n_boot: int = 1000
+    coverage: float = 0.9
     no_calibration: bool = False
     channels_last: bool = True
     label_fraction: float = 1.0
@@ -207,6 +208,7 @@ class MultitaskConfig(FlagConfig):
     ssl_ckpt: str | None = None
     seg_ckpt: str | None = None
     n_boot: int = 1000
+    coverage: float = 0.9
     n_overlays: int = 8
     no_calibration: bool = False
     channels_last: bool = True

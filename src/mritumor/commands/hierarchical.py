@@ -127,6 +127,14 @@ def register(subcommands) -> None:
     flag(parser, "--n_boot", type=int, default=1000, help="bootstrap resamples for 95 %% intervals")
     flag(
         parser,
+        "--coverage",
+        type=float,
+        default=0.9,
+        help="target coverage of the conformal prediction sets fitted on the validation "
+        "patients and stored in best.pt (predict and evaluate may ask for another)",
+    )
+    flag(
+        parser,
         "--no_calibration",
         action="store_true",
         help="do not fit temperature scaling on validation",

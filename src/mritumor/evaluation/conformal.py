@@ -45,22 +45,31 @@ def class_scores(probs: np.ndarray, method: str) -> np.ndarray:
     raise ValueError(f"unknown conformal method {method!r}; choose one of {METHODS}")
 
 
-def conformal_threshold(
-    probs: np.ndarray, labels: ArrayLike, coverage: float = 0.9, method: str = "lac"
-) -> float:
-    """The calibrated score threshold; ``inf`` (every class) when there are too few units for
-    the requested coverage (n < 1/α − 1)."""
-    if not 0 < coverage < 1:
-        raise ValueError("coverage must be in (0, 1)")
+def calibration_scores(probs: np.ndarray, labels: ArrayLike, method: str = "lac") -> np.ndarray:
+    """Sorted scores of the true class of every labelled calibration unit: all a checkpoint
+    needs to give the threshold for any coverage later (:func:`threshold_from_scores`)."""
     truth = np.asarray(labels, dtype=int)
     known = truth >= 0
     probs, truth = np.asarray(probs, dtype=float)[known], truth[known]
-    n = len(truth)
+    return np.sort(class_scores(probs, method)[np.arange(len(truth)), truth])
+
+
+def threshold_from_scores(scores: np.ndarray, coverage: float = 0.9) -> float:
+    """The ⌈(n + 1)·coverage⌉-th smallest calibration score; ``inf`` (every class) when there
+    are too few units for the requested coverage (n < 1/α − 1)."""
+    if not 0 < coverage < 1:
+        raise ValueError("coverage must be in (0, 1)")
+    scores = np.sort(np.asarray(scores, dtype=float))
+    n = len(scores)
     rank = math.ceil((n + 1) * coverage)
-    if n == 0 or rank > n:
-        return math.inf
-    scores = class_scores(probs, method)[np.arange(n), truth]
-    return float(np.sort(scores)[rank - 1])
+    return math.inf if n == 0 or rank > n else float(scores[rank - 1])
+
+
+def conformal_threshold(
+    probs: np.ndarray, labels: ArrayLike, coverage: float = 0.9, method: str = "lac"
+) -> float:
+    """The calibrated score threshold of these calibration units."""
+    return threshold_from_scores(calibration_scores(probs, labels, method), coverage)
 
 
 def prediction_sets(probs: np.ndarray, threshold: float, method: str = "lac") -> np.ndarray:

@@ -19,8 +19,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
-from mritumor.evaluation.conformal import conformal_threshold, prediction_sets, set_metrics
+from mritumor.evaluation.conformal import (
+    calibration_scores,
+    prediction_sets,
+    set_metrics,
+    threshold_from_scores,
+)
 from mritumor.evaluation.ood import OODDetector, auroc
 from mritumor.evaluation.selective import risk_coverage
 
@@ -63,8 +69,7 @@ def fit_uncertainty(
         "conformal": {
             "method": method,
             "coverage": coverage,
-            "threshold": conformal_threshold(val_probs, val_labels, coverage, method),
-            "n_calibration": int((np.asarray(val_labels) >= 0).sum()),
+            "scores": torch.as_tensor(calibration_scores(val_probs, val_labels, method)),
         },
     }
     if val_groups is not None:
@@ -77,23 +82,34 @@ def fit_uncertainty(
                 if len(patient_scores)
                 else np.inf
             ),
-            "conformal_threshold": conformal_threshold(
-                patient_probs, patient_labels, coverage, method
+            "conformal_scores": torch.as_tensor(
+                calibration_scores(patient_probs, patient_labels, method)
             ),
         }
     return state
 
 
-def apply_uncertainty(state: dict, features: np.ndarray, probs: np.ndarray) -> dict:
+def set_threshold(state: dict, coverage: float | None = None, level: str = "unit") -> float:
+    """The conformal threshold for ``coverage`` (default: the one fitted for) at the unit or
+    the patient level."""
+    conformal = state["conformal"]
+    scores = conformal["scores"] if level == "unit" else state["patient"]["conformal_scores"]
+    return threshold_from_scores(np.asarray(scores), coverage or conformal["coverage"])
+
+
+def apply_uncertainty(
+    state: dict, features: np.ndarray, probs: np.ndarray, coverage: float | None = None
+) -> dict:
     """Per unit: OOD score, ``in_distribution`` and the conformal set (boolean membership)."""
     detector = OODDetector.from_state(state["ood"])
     scores = detector.score(features)
-    conformal = state["conformal"]
     return {
         "ood_score": scores,
         "ood_threshold": detector.threshold,
         "in_distribution": scores <= detector.threshold,
-        "sets": prediction_sets(probs, conformal["threshold"], conformal["method"]),
+        "sets": prediction_sets(
+            probs, set_threshold(state, coverage), state["conformal"]["method"]
+        ),
     }
 
 
@@ -133,3 +149,18 @@ def uncertainty_report(
 def ood_auroc(state: dict, in_features: np.ndarray, out_features: np.ndarray) -> float:
     detector = OODDetector.from_state(state["ood"])
     return auroc(detector.score(in_features), detector.score(out_features))
+
+
+def write_uncertainty(report: dict, outdir, title: str = "Risk–coverage") -> dict:
+    """``uncertainty.json`` (sets, risk–coverage, OOD share; per-unit scores left out) and
+    ``risk_coverage.png`` in ``outdir``; returns what was written to the JSON."""
+    import json
+    from pathlib import Path
+
+    from mritumor.evaluation.selective import plot_risk_coverage
+
+    outdir = Path(outdir)
+    summary = {k: v for k, v in report.items() if k != "scores"}
+    (outdir / "uncertainty.json").write_text(json.dumps(summary, indent=2))
+    plot_risk_coverage(report["selective"], outdir / "risk_coverage.png", title)
+    return summary

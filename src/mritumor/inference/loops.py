@@ -17,11 +17,13 @@ def predict_bags(model: TwoStepClassifier, loader: DataLoader) -> dict:
     """Raw outputs for every patient of a loader, in dataset order."""
     model.eval()
     device = next(model.parameters()).device
-    type_logits, grade_logits, weights, rows = [], [], [], []
+    type_logits, grade_logits, weights, rows, embeddings = [], [], [], [], []
     for batch in loader:
         outputs = model(batch["images"].to(device), batch["mask"].to(device))
         type_logits.append(outputs["type_logits"].float().cpu())
         grade_logits.append(outputs["grade_logits"].float().cpu())
+        if "patient_embedding" in outputs:  # what out-of-distribution scores are fitted on
+            embeddings.append(outputs["patient_embedding"].float().cpu().numpy())
         for i in range(batch["mask"].shape[0]):
             real = batch["mask"][i]
             weights.append(outputs["slice_weights"][i][real.to(device)].float().cpu().numpy())
@@ -35,6 +37,7 @@ def predict_bags(model: TwoStepClassifier, loader: DataLoader) -> dict:
         "grade_logits": torch.cat(grade_logits) if grade_logits else torch.empty(0),
         "slice_weights": weights,
         "slice_rows": rows,
+        "patient_embedding": np.concatenate(embeddings) if embeddings else None,
     }
 
 
@@ -45,10 +48,13 @@ def predict_slices(model: MultiTaskNet, loader: DataLoader) -> dict:
     model.eval()
     device = next(model.parameters()).device
     logits, masks, true_masks, has_mask, rows, types = [], [], [], [], [], []
+    embeddings = []
     for batch in loader:
         outputs = model(batch["image"].to(device))
         if "class_logits" in outputs:
             logits.append(outputs["class_logits"].float().cpu())
+        if "class_embedding" in outputs:  # what out-of-distribution scores are fitted on
+            embeddings.append(outputs["class_embedding"].float().cpu().numpy())
         if "mask_logits" in outputs:
             masks.append((outputs["mask_logits"][:, 0] > 0).cpu().numpy())
         true_masks.append(batch["mask"][:, 0].numpy().astype(bool))
@@ -60,6 +66,7 @@ def predict_slices(model: MultiTaskNet, loader: DataLoader) -> dict:
         "rows": np.concatenate(rows) if rows else empty.astype(int),
         "type_true": np.concatenate(types) if types else empty.astype(int),
         "class_logits": torch.cat(logits) if logits else None,
+        "class_embedding": np.concatenate(embeddings) if embeddings else None,
         "pred_masks": np.concatenate(masks) if masks else None,
         "true_masks": np.concatenate(true_masks) if true_masks else None,
         "has_mask": np.concatenate(has_mask) if has_mask else empty.astype(bool),

@@ -36,6 +36,12 @@ from mritumor.data.splits import Split
 from mritumor.errors import DataError
 from mritumor.evaluation.calibration import fit_temperature
 from mritumor.evaluation.multitask import evaluate_multitask, write_comparison
+from mritumor.evaluation.uncertainty import (
+    fit_uncertainty,
+    softmax,
+    uncertainty_report,
+    write_uncertainty,
+)
 from mritumor.inference.loops import predict_slices  # shared with `mritumor evaluate`
 from mritumor.models.loading import multitask_network as model_from_checkpoint
 from mritumor.models.multitask import (
@@ -414,7 +420,7 @@ def finish_variant(
         checkpoint["temperature"] = float(temperature)
         save_checkpoint({k: v for k, v in checkpoint.items() if k != "format"}, outdir / "best.pt")
     test = predict_slices(model, loaders["test"])
-    return evaluate_multitask(
+    report = evaluate_multitask(
         test,
         labels,
         outdir,
@@ -424,6 +430,39 @@ def finish_variant(
         n_boot=config.n_boot,
         seed=config.data.seed,
         n_overlays=config.n_overlays,
+    )
+    if model.classifies and len(loaders["val"].dataset):
+        state = fit_slice_uncertainty(model, loaders, data, temperature, config)
+        checkpoint["uncertainty"] = state
+        save_checkpoint({k: v for k, v in checkpoint.items() if k != "format"}, outdir / "best.pt")
+        probs = softmax(test["class_logits"].numpy(), temperature)
+        report["uncertainty"] = write_uncertainty(
+            uncertainty_report(
+                state, test["class_embedding"], probs, test["type_true"], labels.types
+            ),
+            outdir,
+        )
+    return report
+
+
+def fit_slice_uncertainty(
+    model: MultiTaskNet, loaders: dict, data, temperature: float, config: MultitaskConfig
+) -> dict:
+    """OOD detector on the training slices' class embeddings (un-augmented), its threshold and
+    the conformal scores on the validation slices and patients (:mod:`..evaluation.uncertainty`)."""
+    train_rows = loaders["train_dataset"].rows
+    plain = SliceDataset(data.cache, train_rows, loaders["train_dataset"].labels, identity)
+    train = predict_slices(model, DataLoader(plain, batch_size=config.batch_size))
+    val = predict_slices(model, loaders["val"])
+    patients = data.cache.catalog.table["patient_id"].to_numpy()[val["rows"]]
+    return fit_uncertainty(
+        train["class_embedding"],
+        train["type_true"],
+        val["class_embedding"],
+        softmax(val["class_logits"].numpy(), temperature),
+        val["type_true"],
+        val_groups=patients.tolist(),
+        coverage=config.coverage,
     )
 
 
