@@ -125,6 +125,22 @@ def test_learns_types_and_writes_every_seed_artifact(cohort: Path, tmp_path: Pat
     assert set(split["test"]) == set(predictions["patient_id"])
     report = json.loads((out / "test_report.json").read_text())
     assert "grade_conditional" in report and report["skipped"] == {}
+    # uncertainty: type sets per patient from the stored conformal scores, as predictions.csv says
+    from mritumor.evaluation.uncertainty import set_threshold
+
+    state = checkpoint["uncertainty"]
+    uncertainty = json.loads((out / "uncertainty.json").read_text())
+    classes = [c.removeprefix("p_type_") for c in predictions.filter(like="p_type_").columns]
+    truth = predictions["true_type"].map(classes.index).to_numpy()
+    members = (1 - p_type) <= set_threshold(state) + 1e-12
+    members[np.arange(len(p_type)), p_type.argmax(axis=1)] = True
+    covered = members[np.arange(len(truth)), truth].mean()
+    assert uncertainty["conformal"]["coverage"] == pytest.approx(covered, abs=1e-6)
+    assert uncertainty["conformal"]["mean_set_size"] == pytest.approx(
+        members.sum(1).mean(), abs=1e-6
+    )
+    assert uncertainty["grade_conformal"]["n"] == predictions["true_grade"].notna().sum()
+    assert uncertainty["ood"]["threshold"] == pytest.approx(state["ood"]["threshold"])
 
 
 def test_dataset_without_grades_skips_grade_artifacts_with_reason(tmp_path: Path):

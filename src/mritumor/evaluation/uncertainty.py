@@ -146,6 +146,24 @@ def uncertainty_report(
     }
 
 
+def grade_sets(state: dict, grade_probs: np.ndarray, coverage: float | None = None) -> np.ndarray:
+    """End-to-end grade sets (from the normalised P(g)) with the stored grade scores."""
+    grade = state["grade_conformal"]
+    threshold = threshold_from_scores(np.asarray(grade["scores"]), coverage or grade["coverage"])
+    return prediction_sets(grade_probs, threshold, grade["method"])
+
+
+def grade_set_report(
+    state: dict, grade_probs: np.ndarray, grade_true: np.ndarray, grade_names: Sequence[str]
+) -> dict:
+    grade = state["grade_conformal"]
+    return {
+        "method": grade["method"],
+        "nominal_coverage": grade["coverage"],
+        **set_metrics(grade_sets(state, grade_probs), grade_true, grade_names),
+    }
+
+
 def ood_auroc(state: dict, in_features: np.ndarray, out_features: np.ndarray) -> float:
     detector = OODDetector.from_state(state["ood"])
     return auroc(detector.score(in_features), detector.score(out_features))

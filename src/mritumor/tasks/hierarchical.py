@@ -32,8 +32,15 @@ from mritumor.data.labels import LabelSpace
 from mritumor.data.prepare import PreparedData, prepare_data_for
 from mritumor.data.splits import Split, make_folds, sample_labelled_patients
 from mritumor.evaluation.calibration import fit_temperature
+from mritumor.evaluation.conformal import calibration_scores
 from mritumor.evaluation.hierarchical import evaluate_hierarchical
 from mritumor.evaluation.metrics import cv_summary
+from mritumor.evaluation.uncertainty import (
+    fit_uncertainty,
+    grade_set_report,
+    uncertainty_report,
+    write_uncertainty,
+)
 from mritumor.inference.loops import predict_bags  # shared with `mritumor evaluate`
 from mritumor.models.backbones import build_encoder
 from mritumor.models.hierarchical import (
@@ -353,7 +360,7 @@ def finish_fold(
         checkpoint["temperature"] = float(temperature)
         save_checkpoint({k: v for k, v in checkpoint.items() if k != "format"}, outdir / "best.pt")
     test = predict_bags(model, loaders["test"])
-    return evaluate_hierarchical(
+    report = evaluate_hierarchical(
         test,
         labels,
         outdir,
@@ -362,6 +369,63 @@ def finish_fold(
         seed=config.data.seed,
         catalog=loaders["test"].dataset.cache.catalog,
     )
+    if len(loaders["val"].dataset):
+        state = fit_patient_uncertainty(model, loaders, temperature, config)
+        checkpoint["uncertainty"] = state
+        save_checkpoint({k: v for k, v in checkpoint.items() if k != "format"}, outdir / "best.pt")
+        probs = probabilities_from_prediction(test, temperature)
+        summary = uncertainty_report(
+            state, test["patient_embedding"], probs["type"], test["type_true"], labels.types
+        )
+        if "grade_conformal" in state:
+            summary["grade_conformal"] = grade_set_report(
+                state, probs["grade_e2e_normalised"], test["grade_true"], labels.grades
+            )
+        report["uncertainty"] = write_uncertainty(summary, outdir)
+    return report
+
+
+def fit_patient_uncertainty(
+    model: TwoStepClassifier, loaders: dict, temperature: float, config: HierarchicalConfig
+) -> dict:
+    """OOD detector on the training patients' pooled embeddings (evaluation bags, no
+    augmentation), threshold and conformal scores of tumour type on the validation patients,
+    and conformal scores of the end-to-end grade where grades are known."""
+    source = loaders["train_dataset"]
+    plain = PatientBagDataset(
+        source.cache,
+        source.patient_ids,
+        source.labels,
+        source.bag_size,
+        "uniform" if source.bag_policy == "random" else source.bag_policy,
+        slices=config.bag_slices,
+    )
+    train = predict_bags(
+        model, DataLoader(plain, batch_size=config.batch_size, collate_fn=collate_bags)
+    )
+    val = predict_bags(model, loaders["val"])
+    val_probs = probabilities_from_prediction(val, temperature)
+    state = fit_uncertainty(
+        train["patient_embedding"],
+        train["type_true"],
+        val["patient_embedding"],
+        val_probs["type"],
+        val["type_true"],
+        coverage=config.coverage,
+    )
+    if (val["grade_true"] >= 0).any():
+        state["grade_conformal"] = {
+            "method": state["conformal"]["method"],
+            "coverage": config.coverage,
+            "scores": torch.as_tensor(
+                calibration_scores(
+                    val_probs["grade_e2e_normalised"],
+                    val["grade_true"],
+                    state["conformal"]["method"],
+                )
+            ),
+        }
+    return state
 
 
 def checkpoint_payload(
