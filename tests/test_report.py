@@ -784,3 +784,25 @@ def test_renders_in_headless_chromium(request, tmp_path):
     assert any("exception" in p for p in failing["problems"])
     assert any("failed load" in p for p in failing["problems"])
     assert failing["layout"]["broken"] == 1
+
+
+def test_uncertainty_section_shows_the_numbers_of_uncertainty_json(tmp_path):
+    from mritumor.report import build_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "test_metrics.json").write_text(json.dumps({"tumor_type_accuracy": {"value": 0.8}}))
+    (run / "uncertainty.json").write_text(
+        json.dumps(
+            {
+                "conformal": {"method": "lac", "nominal_coverage": 0.9, "coverage": 0.917,
+                              "mean_set_size": 1.234, "singleton_share": 0.766, "n": 12},
+                "selective": {"aurc": 0.0456, "accuracy_at": {"0.80": 0.969}},
+                "ood": {"threshold": 41.5, "flagged_share": 0.083},
+            }
+        )
+    )  # fmt: skip
+    html = build_report([run])
+    section = html[html.index("Knowing when not to answer") :]
+    for text in ("0.917", "1.234", "0.766", "0.046", "0.969", "41.500", "0.083", "80%"):
+        assert text in section, text

@@ -33,7 +33,12 @@ CALIBRATION = [("reliability_tumor_type.png", "Reliability diagram, tumour type"
 OVERLAYS = [("overlays.png", "Test slices: reference mask green, prediction red")]
 
 
-KNOWN_FIGURES = {name for group in (CURVES, CONFUSION, CALIBRATION, OVERLAYS) for name, _ in group}
+UNCERTAINTY = [("risk_coverage.png", "Risk–coverage: error rate when answering the most confident")]
+
+
+KNOWN_FIGURES = {
+    name for group in (CURVES, CONFUSION, CALIBRATION, OVERLAYS, UNCERTAINTY) for name, _ in group
+}
 
 
 NOT_FIGURE_DIRS = SKIP_DIRS | {"data"}

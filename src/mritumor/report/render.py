@@ -8,7 +8,15 @@ from collections.abc import Mapping
 from mritumor.report.calibration import calibration_part
 from mritumor.report.classification import confusion_tables, per_class_part
 from mritumor.report.comparison import compare_runs_part
-from mritumor.report.figures import CALIBRATION, CONFUSION, CURVES, OVERLAYS, figures, gallery
+from mritumor.report.figures import (
+    CALIBRATION,
+    CONFUSION,
+    CURVES,
+    OVERLAYS,
+    UNCERTAINTY,
+    figures,
+    gallery,
+)
 from mritumor.report.files import files_part, predictions_part
 from mritumor.report.folder import Folder, describe, written
 from mritumor.report.html import esc
@@ -18,6 +26,7 @@ from mritumor.report.scan import RunFolder
 from mritumor.report.segmentation import segmentation_part
 from mritumor.report.summary import summary_part
 from mritumor.report.training import config_part, split_part, training_curves
+from mritumor.report.uncertainty import uncertainty_part
 
 
 def render_folder(page: Page, node: RunFolder, number: str, depth: int, title: str) -> str:
@@ -53,6 +62,8 @@ def render_folder(page: Page, node: RunFolder, number: str, depth: int, title: s
     body.append(subsection(sub, "Confusion matrices", confusion))
     calibration = calibration_part(folder, report, metrics) + figures(page, folder, CALIBRATION)
     body.append(subsection(sub, "Calibration", calibration))
+    answer = uncertainty_part(folder) + figures(page, folder, UNCERTAINTY)
+    body.append(subsection(sub, "Knowing when not to answer", answer))
     segmentation = segmentation_part(report) + figures(page, folder, OVERLAYS, wide=True)
     body.append(subsection(sub, "Segmentation examples", segmentation))
     body.append(subsection(sub, "Training curves", training_curves(node.path)))
