@@ -65,7 +65,7 @@ def cohort(tmp_path_factory) -> Path:
 
 def run_json(capsys, *argv: str) -> dict:
     capsys.readouterr()
-    assert main(["-q", "predict", *argv]) == 0
+    assert main(["-q", "predict", "--engine", "torch", *argv]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -326,7 +326,21 @@ def test_mask_volume_lines_up_with_the_slices_the_data_layer_reads(tmp_path):
 def test_folder_of_patients_writes_csv(multitask_ckpt, cohort, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
-    assert main(["-q", "predict", "--checkpoint", str(multitask_ckpt), "--input", str(cohort)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                "--engine",
+                "torch",
+                "--checkpoint",
+                str(multitask_ckpt),
+                "--input",
+                str(cohort),
+            ]
+        )
+        == 0
+    )
     assert "2 patient(s) predicted" in capsys.readouterr().out
     patients = pd.read_csv(tmp_path / "predictions.csv")
     slices = pd.read_csv(tmp_path / "predictions_slices.csv")
@@ -341,7 +355,7 @@ def test_folder_of_patients_writes_csv(multitask_ckpt, cohort, tmp_path, capsys,
     assert (slices["tumour_area_px"] >= 0).all()
     # the same as JSON, by the --output extension
     out = tmp_path / "all.json"
-    main(["-q", "predict", "--checkpoint", str(multitask_ckpt), "--input", str(cohort), "--output", str(out)])  # fmt: skip
+    main(["-q", "predict", "--engine", "torch", "--checkpoint", str(multitask_ckpt), "--input", str(cohort), "--output", str(out)])  # fmt: skip
     assert len(json.loads(out.read_text())["patients"]) == 2
 
 
@@ -379,7 +393,7 @@ def test_clear_errors(hierarchical_ckpt, multitask_ckpt, cohort, tmp_path, capsy
     assert "garbage.pt" in fails(capsys, "predict", "--checkpoint", str(tmp_path / "garbage.pt"), "--input", patient)  # fmt: skip
     err = fails(capsys, "predict", "--checkpoint", ckpt, "--input", patient, "--save_masks", str(tmp_path / "m"))  # fmt: skip
     assert "segmentation head" in err and "hierarchical" in err
-    assert ".json or .csv" in fails(capsys, "predict", "--checkpoint", ckpt, "--input", patient, "--output", str(tmp_path / "x.txt"))  # fmt: skip
+    assert ".json, .csv or .jsonl" in fails(capsys, "predict", "--checkpoint", ckpt, "--input", patient, "--output", str(tmp_path / "x.txt"))  # fmt: skip
     # a segmentation-only (variant A) network cannot be explained
     payload = load_checkpoint(multitask_ckpt)
     from mritumor.models.multitask import build_multitask_model
