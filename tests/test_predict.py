@@ -475,3 +475,77 @@ def test_folded_batchnorm_gives_the_same_outputs(name):
     assert norms(encoder) == before  # the original keeps its norms
     with pytest.raises(ValueError, match="eval-mode"):
         fold_batchnorm(encoder.train())
+
+
+# ----------------------------------------------------------------------------- many patients
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory) -> Path:
+    """Six new patients (3 slices of 32 px each)."""
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("many") / "data",
+        patients_per_class=3,
+        slices_per_patient=3,
+        image_size=32,
+        seed=5,
+        classes=(("astrocytoma", "2"), ("meningioma", "1")),
+        patient_prefix="cohort",
+    )
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_resume_skips_exactly_the_finished_patients(hierarchical_ckpt, many, tmp_path, monkeypatch, suffix):  # fmt: skip
+    from mritumor.inference.predictor import Predictor
+
+    out = tmp_path / f"all{suffix}"
+    argv = ["--checkpoint", str(hierarchical_ckpt), "--input", str(many), "--output", str(out)]
+    assert main(["-q", "predict", "--engine", "torch", *argv]) == 0
+    full = out.read_text().splitlines(keepends=True)
+    sliced = tmp_path / "all_slices.csv"
+    full_slices = sliced.read_text() if suffix == ".csv" else None
+    # a run killed during the 4th patient: 3 finished, the 4th's line half-written (and, in
+    # CSV, its slices' rows already out)
+    header = 1
+    finished = full[header : header + 3]
+    out.write_text("".join(full[:header] + finished) + full[header + 3][:15])
+    if suffix == ".csv":
+        slice_lines = full_slices.splitlines(keepends=True)
+        ids = {line.split(",")[0] for line in finished}
+        kept = [slice_lines[0]] + [l for l in slice_lines[1:] if l.split(",")[0] in ids]
+        fourth = full[header + 3].split(",")[0]
+        unfinished = [l for l in slice_lines[1:] if l.split(",")[0] == fourth]
+        sliced.write_text("".join(kept + unfinished))
+        done = sorted(ids)
+    else:
+        done = sorted(json.loads(line)["patient_id"] for line in finished)
+    predicted = []
+    real = Predictor.predict_prepared
+    monkeypatch.setattr(Predictor, "predict_prepared", lambda self, p: predicted.append(p.patient.patient_id) or real(self, p))  # fmt: skip
+    assert main(["-q", "predict", "--engine", "torch", "--resume", *argv]) == 0
+    every = sorted(p.relative_to(many).as_posix() for p in many.glob("*/*") if p.is_dir())
+    assert len(every) == 6 and len(done) == 3
+    assert sorted(predicted) == sorted(set(every) - set(done))  # exactly the unfinished ones
+    # the resumed file holds each patient once, with the values of the uninterrupted run
+    assert sorted(out.read_text().splitlines()) == sorted(line.rstrip("\n") for line in full)
+    if suffix == ".csv":
+        assert sorted(sliced.read_text().splitlines()) == sorted(full_slices.splitlines())
+    # without --resume the file is replaced, and resuming a finished file predicts nothing
+    predicted.clear()
+    assert main(["-q", "predict", "--engine", "torch", "--resume", *argv]) == 0
+    assert predicted == []
+    assert main(["-q", "predict", "--engine", "torch", *argv]) == 0
+    assert len(predicted) == 6 and len(out.read_text().splitlines()) == len(full)
+
+
+def test_stream_reads_ahead_and_keeps_the_order(hierarchical_ckpt, many):
+    from mritumor.inference.inputs import discover
+    from mritumor.inference.predictor import Predictor
+    from mritumor.models.loading import load_model
+
+    predictor = Predictor(load_model(hierarchical_ckpt))
+    patients = discover(many)
+    streamed = [(p.patient_id, r.record) for p, r in predictor.stream(patients)]
+    assert [pid for pid, _ in streamed] == [p.patient_id for p in patients]
+    for (_, record), patient in zip(streamed, patients, strict=True):
+        assert record == predictor(patient).record
