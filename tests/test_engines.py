@@ -228,3 +228,27 @@ def test_threads_come_from_the_machine():
     threads = engines.machine_threads()
     assert 1 <= threads <= (os.cpu_count() or 1)
     assert threads <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("family", ["hierarchical", "multitask"])
+def test_evaluate_with_onnx_equals_torch(family, hierarchical_checkpoint, multitask_checkpoint, trained_data, tmp_path):  # fmt: skip
+    import pandas as pd
+
+    from mritumor.inference.evaluate import evaluate_checkpoint
+
+    checkpoint = copy_of(
+        {"hierarchical": hierarchical_checkpoint, "multitask": multitask_checkpoint}[family],
+        tmp_path,
+    )
+    tables = {}
+    for engine in ("torch", "onnx"):
+        result = evaluate_checkpoint(
+            checkpoint, trained_data, tmp_path / engine, n_boot=0, progress=False, engine=engine
+        )
+        assert result["evaluation"]["engine"] == engine
+        tables[engine] = pd.read_csv(tmp_path / engine / "predictions.csv")
+    torch_table, onnx_table = tables["torch"], tables["onnx"]
+    assert len(torch_table) == len(onnx_table) > 0
+    numeric = [c for c in torch_table.columns if c.startswith(("p_", "prob")) and torch_table[c].dtype.kind == "f"]  # fmt: skip
+    assert numeric, list(torch_table.columns)
+    np.testing.assert_allclose(onnx_table[numeric].to_numpy(), torch_table[numeric].to_numpy(), atol=1e-4, rtol=0)  # fmt: skip
