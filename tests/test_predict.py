@@ -512,9 +512,9 @@ def test_resume_skips_exactly_the_finished_patients(hierarchical_ckpt, many, tmp
     if suffix == ".csv":
         slice_lines = full_slices.splitlines(keepends=True)
         ids = {line.split(",")[0] for line in finished}
-        kept = [slice_lines[0]] + [l for l in slice_lines[1:] if l.split(",")[0] in ids]
+        kept = [slice_lines[0]] + [row for row in slice_lines[1:] if row.split(",")[0] in ids]
         fourth = full[header + 3].split(",")[0]
-        unfinished = [l for l in slice_lines[1:] if l.split(",")[0] == fourth]
+        unfinished = [row for row in slice_lines[1:] if row.split(",")[0] == fourth]
         sliced.write_text("".join(kept + unfinished))
         done = sorted(ids)
     else:
