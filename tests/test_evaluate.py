@@ -18,7 +18,12 @@ from mritumor.cli import main
 from mritumor.data.synthetic import write_synthetic_dataset
 
 SIZE = 32
-NOT_ARTIFACTS = {"best.pt", "checkpoints", "logs"}  # the model itself and training state
+NOT_ARTIFACTS = {
+    "best.pt",
+    "checkpoints",
+    "logs",
+    ".mritumor_onnx",
+}  # the model, training state, its ONNX cache
 
 
 @pytest.fixture(scope="module")

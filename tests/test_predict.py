@@ -65,7 +65,7 @@ def cohort(tmp_path_factory) -> Path:
 
 def run_json(capsys, *argv: str) -> dict:
     capsys.readouterr()
-    assert main(["-q", "predict", *argv]) == 0
+    assert main(["-q", "predict", "--engine", "torch", *argv]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -326,7 +326,21 @@ def test_mask_volume_lines_up_with_the_slices_the_data_layer_reads(tmp_path):
 def test_folder_of_patients_writes_csv(multitask_ckpt, cohort, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
-    assert main(["-q", "predict", "--checkpoint", str(multitask_ckpt), "--input", str(cohort)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                "--engine",
+                "torch",
+                "--checkpoint",
+                str(multitask_ckpt),
+                "--input",
+                str(cohort),
+            ]
+        )
+        == 0
+    )
     assert "2 patient(s) predicted" in capsys.readouterr().out
     patients = pd.read_csv(tmp_path / "predictions.csv")
     slices = pd.read_csv(tmp_path / "predictions_slices.csv")
@@ -341,7 +355,7 @@ def test_folder_of_patients_writes_csv(multitask_ckpt, cohort, tmp_path, capsys,
     assert (slices["tumour_area_px"] >= 0).all()
     # the same as JSON, by the --output extension
     out = tmp_path / "all.json"
-    main(["-q", "predict", "--checkpoint", str(multitask_ckpt), "--input", str(cohort), "--output", str(out)])  # fmt: skip
+    main(["-q", "predict", "--engine", "torch", "--checkpoint", str(multitask_ckpt), "--input", str(cohort), "--output", str(out)])  # fmt: skip
     assert len(json.loads(out.read_text())["patients"]) == 2
 
 
@@ -379,13 +393,13 @@ def test_clear_errors(hierarchical_ckpt, multitask_ckpt, cohort, tmp_path, capsy
     assert "garbage.pt" in fails(capsys, "predict", "--checkpoint", str(tmp_path / "garbage.pt"), "--input", patient)  # fmt: skip
     err = fails(capsys, "predict", "--checkpoint", ckpt, "--input", patient, "--save_masks", str(tmp_path / "m"))  # fmt: skip
     assert "segmentation head" in err and "hierarchical" in err
-    assert ".json or .csv" in fails(capsys, "predict", "--checkpoint", ckpt, "--input", patient, "--output", str(tmp_path / "x.txt"))  # fmt: skip
+    assert ".json, .csv or .jsonl" in fails(capsys, "predict", "--checkpoint", ckpt, "--input", patient, "--output", str(tmp_path / "x.txt"))  # fmt: skip
     # a segmentation-only (variant A) network cannot be explained
     payload = load_checkpoint(multitask_ckpt)
     from mritumor.models.multitask import build_multitask_model
 
     config = {**payload["model_config"], "variant": "A"}
-    net = build_multitask_model("A", config["n_classes"], config["backbone"], config["in_channels"], config["image_size"])  # fmt: skip
+    net = build_multitask_model("A", config["n_classes"], config["backbone"], config["in_channels"], config["image_size"], decoder=config["decoder"])  # fmt: skip
     payload.update(model_config=config, model_state=net.state_dict())
     save_checkpoint({k: v for k, v in payload.items() if k != "format"}, tmp_path / "a.pt")
     assert "no classification head" in fails(capsys, "predict", "--checkpoint", str(tmp_path / "a.pt"), "--input", patient, "--explain", str(tmp_path / "e"))  # fmt: skip
@@ -461,3 +475,77 @@ def test_folded_batchnorm_gives_the_same_outputs(name):
     assert norms(encoder) == before  # the original keeps its norms
     with pytest.raises(ValueError, match="eval-mode"):
         fold_batchnorm(encoder.train())
+
+
+# ----------------------------------------------------------------------------- many patients
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory) -> Path:
+    """Six new patients (3 slices of 32 px each)."""
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("many") / "data",
+        patients_per_class=3,
+        slices_per_patient=3,
+        image_size=32,
+        seed=5,
+        classes=(("astrocytoma", "2"), ("meningioma", "1")),
+        patient_prefix="cohort",
+    )
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_resume_skips_exactly_the_finished_patients(hierarchical_ckpt, many, tmp_path, monkeypatch, suffix):  # fmt: skip
+    from mritumor.inference.predictor import Predictor
+
+    out = tmp_path / f"all{suffix}"
+    argv = ["--checkpoint", str(hierarchical_ckpt), "--input", str(many), "--output", str(out)]
+    assert main(["-q", "predict", "--engine", "torch", *argv]) == 0
+    full = out.read_text().splitlines(keepends=True)
+    sliced = tmp_path / "all_slices.csv"
+    full_slices = sliced.read_text() if suffix == ".csv" else None
+    # a run killed during the 4th patient: 3 finished, the 4th's line half-written (and, in
+    # CSV, its slices' rows already out)
+    header = 1
+    finished = full[header : header + 3]
+    out.write_text("".join(full[:header] + finished) + full[header + 3][:15])
+    if suffix == ".csv":
+        slice_lines = full_slices.splitlines(keepends=True)
+        ids = {line.split(",")[0] for line in finished}
+        kept = [slice_lines[0]] + [row for row in slice_lines[1:] if row.split(",")[0] in ids]
+        fourth = full[header + 3].split(",")[0]
+        unfinished = [row for row in slice_lines[1:] if row.split(",")[0] == fourth]
+        sliced.write_text("".join(kept + unfinished))
+        done = sorted(ids)
+    else:
+        done = sorted(json.loads(line)["patient_id"] for line in finished)
+    predicted = []
+    real = Predictor.predict_prepared
+    monkeypatch.setattr(Predictor, "predict_prepared", lambda self, p: predicted.append(p.patient.patient_id) or real(self, p))  # fmt: skip
+    assert main(["-q", "predict", "--engine", "torch", "--resume", *argv]) == 0
+    every = sorted(p.relative_to(many).as_posix() for p in many.glob("*/*") if p.is_dir())
+    assert len(every) == 6 and len(done) == 3
+    assert sorted(predicted) == sorted(set(every) - set(done))  # exactly the unfinished ones
+    # the resumed file holds each patient once, with the values of the uninterrupted run
+    assert sorted(out.read_text().splitlines()) == sorted(line.rstrip("\n") for line in full)
+    if suffix == ".csv":
+        assert sorted(sliced.read_text().splitlines()) == sorted(full_slices.splitlines())
+    # without --resume the file is replaced, and resuming a finished file predicts nothing
+    predicted.clear()
+    assert main(["-q", "predict", "--engine", "torch", "--resume", *argv]) == 0
+    assert predicted == []
+    assert main(["-q", "predict", "--engine", "torch", *argv]) == 0
+    assert len(predicted) == 6 and len(out.read_text().splitlines()) == len(full)
+
+
+def test_stream_reads_ahead_and_keeps_the_order(hierarchical_ckpt, many):
+    from mritumor.inference.inputs import discover
+    from mritumor.inference.predictor import Predictor
+    from mritumor.models.loading import load_model
+
+    predictor = Predictor(load_model(hierarchical_ckpt))
+    patients = discover(many)
+    streamed = [(p.patient_id, r.record) for p, r in predictor.stream(patients)]
+    assert [pid for pid, _ in streamed] == [p.patient_id for p in patients]
+    for (_, record), patient in zip(streamed, patients, strict=True):
+        assert record == predictor(patient).record

@@ -17,6 +17,7 @@ and, for TorchScript, also inside the file (``extra_files["mritumor.json"]``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
@@ -154,16 +155,12 @@ def export_model(
         raise MritumorError(f"--output {path} is a folder; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     module, inputs, outputs, axes = exportable(loaded)
-    example = example_inputs(loaded, batch=2, slices=3)
     info = sidecar(loaded, fmt, inputs, outputs)
-    with torch.no_grad(), warnings.catch_warnings():
-        # both exporters announce their deprecation on every call; the choice is explained below
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        if fmt == "onnx":
-            _export_onnx(module, example, path, inputs, outputs, axes)
-        else:
+    if fmt == "onnx":
+        write_onnx(loaded, path)
+    else:
+        with torch.no_grad(), _quiet_exporters():
+            example = example_inputs(loaded, batch=2, slices=3)
             traced = torch.jit.trace(module, example, check_trace=False)
             torch.jit.save(traced, str(path), _extra_files={"mritumor.json": json.dumps(info)})
     sidecar_path = path.with_name(path.name + ".json")
@@ -172,6 +169,31 @@ def export_model(
     if verify:
         result.update(verify_export(loaded, path, fmt, tolerance))
     return result
+
+
+def write_onnx(loaded: LoadedModel, path: Path) -> list[str]:
+    """The network of ``loaded`` as an ONNX file at ``path`` (unchecked; see
+    :func:`verify_export`); returns the output names. Shared with the ONNX Runtime engine of
+    ``predict`` (:mod:`mritumor.inference.engines`)."""
+    module, inputs, outputs, axes = exportable(loaded)
+    # the exporter puts a module back in the mode it found it in, children included: a
+    # wrapper left in (default) training mode would leave loaded.model training afterwards
+    module.eval()
+    example = example_inputs(loaded, batch=2, slices=3)
+    with torch.no_grad(), _quiet_exporters():
+        _export_onnx(module, example, path, inputs, outputs, axes)
+    return outputs
+
+
+@contextlib.contextmanager
+def _quiet_exporters():
+    """Both exporters announce their deprecation on every call; the choice is explained in
+    :func:`_export_onnx`."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
 
 
 def _export_onnx(module, example, path: Path, inputs, outputs, axes) -> None:

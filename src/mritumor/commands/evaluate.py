@@ -55,6 +55,14 @@ def register(subcommands) -> None:
         parser, "--n_overlays", type=int, default=8, help="multi-task: slices drawn in overlays.png"
     )
     flag(parser, "--cache_dir", default=None, help="keep the preprocessed cache on disk here")
+    flag(
+        parser,
+        "--engine",
+        choices=("auto", "onnx", "torch"),
+        default="auto",
+        help="what runs the network: ONNX Runtime (onnx; exported once per checkpoint, checked "
+        "against PyTorch), PyTorch (torch), or onnx when installed (auto)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -80,6 +88,7 @@ def run(args: argparse.Namespace) -> None:
         n_overlays=args.n_overlays,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
+        engine=args.engine,
     )
     save_resolved_config(args, args.outdir)
     summary = result["evaluation"]

@@ -16,7 +16,9 @@ models see the checkpoint's evaluation bag (evenly spaced slices; --all_slices: 
 
 Output: one patient → JSON on stdout; several → predictions.csv in the current folder.
 --output FILE chooses: .json writes the JSON document there, .csv writes one row per patient
-to FILE and one row per slice to FILE_slices.csv. The JSON document is
+to FILE and one row per slice to FILE_slices.csv, .jsonl one line per patient (after a first
+{"model": ...} line). CSV and JSON lines are written as the patients are predicted; --resume
+keeps the patients such a file already holds and predicts the others. The JSON document is
   {"model": {checkpoint, task, variant, types, grades, temperature, calibrated, ...},
    "patients": [{patient_id, input, n_slices, n_slices_used, predicted_type,
                  type_probabilities {type: p}, slices [{name, ...}], ...}],
@@ -30,7 +32,13 @@ mean of its slices'. Probabilities use the checkpoint's temperature unless --no_
 input's original size, <slice>_mask.png (0/255) per slice, or for a NIfTI input one
 <volume>_mask.nii[.gz] with the input's shape, affine and header (uint8 0/1); several patients
 get one sub-folder each. --explain DIR: pixel occlusion and Grad-CAM overlays of the three most
-important slices and a slice-importance chart per patient (mritumor.explain)."""
+important slices and a slice-importance chart per patient (mritumor.explain).
+
+--engine auto (default) runs the network with ONNX Runtime when it is installed (pip install
+'mritumor[onnx]'), else with PyTorch, logging why; onnx requires it, torch never uses it. The
+ONNX model is exported once per checkpoint, checked against PyTorch (probabilities within
+1e-4) and cached by the checkpoint's hash in .mritumor_onnx/ beside it (or in
+$XDG_CACHE_HOME/mritumor/onnx); later runs start without importing torch."""
 
 
 def register(subcommands) -> None:
@@ -70,6 +78,27 @@ def register(subcommands) -> None:
         action="store_true",
         help="hierarchical: every slice of a patient instead of the checkpoint's bag",
     )
+    flag(
+        parser,
+        "--engine",
+        choices=("auto", "onnx", "torch"),
+        default="auto",
+        help="what runs the network: ONNX Runtime (onnx), PyTorch (torch), or onnx when "
+        "installed (auto)",
+    )
+    flag(
+        parser,
+        "--resume",
+        action="store_true",
+        help="skip the patients a .csv/.jsonl --output already holds; append the others",
+    )
+    flag(
+        parser,
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads of the engine (0: every CPU this process may use)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -85,6 +114,12 @@ def run(args: argparse.Namespace) -> None:
         calibrated=not args.no_calibration,
         all_slices=args.all_slices,
         progress=not args.quiet,
+        engine=args.engine,
+        resume=args.resume,
+        threads=args.threads or None,
     )
     if document["output"]:  # otherwise stdout holds the JSON: nothing else may go there
-        print(f"{len(document['patients'])} patient(s) predicted; results in {document['output']}")
+        resumed = f" ({document['resumed']} kept from before)" if document["resumed"] else ""
+        print(
+            f"{len(document['patients'])} patient(s) predicted{resumed}; results in {document['output']}"
+        )

@@ -3,8 +3,12 @@ tumour types and grades the model cannot output."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mritumor.errors import DataError
-from mritumor.models.loading import LoadedModel
+
+if TYPE_CHECKING:  # predict's ONNX path must not import torch (models.loading does)
+    from mritumor.models.loading import LoadedModel
 
 
 def check_channels(found: int, loaded: LoadedModel, where: str) -> None:

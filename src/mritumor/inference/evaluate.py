@@ -28,17 +28,23 @@ def evaluate_checkpoint(
     n_overlays: int = 8,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    engine: str = "auto",
 ) -> dict:
     """The full test evaluation of a trained model on ``data_root``: every patient (or the test
     part of ``split_file``), the checkpoint's preprocessing, bags and temperature; the same
-    artifacts as at the end of training, plus ``evaluation.json`` (what was evaluated)."""
+    artifacts as at the end of training, plus ``evaluation.json`` (what was evaluated).
+    ``engine``: what runs the network (:func:`~mritumor.inference.engines.select_onnx`;
+    ``torch`` runs the checkpoint's network exactly as training's test part does)."""
     from mritumor.data.cache import SliceCache, infer_channels
     from mritumor.data.readers import read_catalog
     from mritumor.data.splits import Split, load_split
+    from mritumor.inference.engines import select_onnx
     from mritumor.resources import check_writable
 
     outdir = check_writable(outdir, "--outdir")
     loaded = load_model(checkpoint)
+    found = select_onnx(engine, checkpoint, loaded)
+    runner = found[0] if found else None
     catalog = read_catalog(data_root, format=format, strict=strict)
     check_channels(infer_channels(catalog), loaded, f"--data_root {data_root}")
     if split_file:
@@ -79,10 +85,19 @@ def evaluate_checkpoint(
     patients = cache.catalog.patients  # patients whose every slice failed to decode are gone
     temperature = loaded.temperature if calibrated else 1.0
     if loaded.task == "hierarchical":
-        result = _evaluate_hierarchical(loaded, cache, patients, outdir, temperature, batch_size, n_boot, seed)  # fmt: skip
+        result = _evaluate_hierarchical(loaded, cache, patients, outdir, temperature, batch_size, n_boot, seed, runner)  # fmt: skip
     else:
         result = _evaluate_multitask(
-            loaded, cache, patients, outdir, temperature, batch_size, n_boot, seed, n_overlays
+            loaded,
+            cache,
+            patients,
+            outdir,
+            temperature,
+            batch_size,
+            n_boot,
+            seed,
+            n_overlays,
+            runner,
         )
     Split(train=[], val=[], test=list(patients), strategy=strategy, seed=seed).save(
         outdir / "split.json"
@@ -104,12 +119,13 @@ def evaluate_checkpoint(
         if loaded.task == "hierarchical"
         else None,
         "model_made": (loaded.checkpoint.get("metadata") or {}).get("date"),
+        "engine": runner.name if runner is not None else "torch",
     }
     (outdir / "evaluation.json").write_text(json.dumps(summary, indent=2))
     return {**result, "evaluation": summary}
 
 
-def _evaluate_hierarchical(loaded, cache, patients, outdir, temperature, batch_size, n_boot, seed):
+def _evaluate_hierarchical(loaded, cache, patients, outdir, temperature, batch_size, n_boot, seed, engine=None):  # fmt: skip
     from torch.utils.data import DataLoader
 
     from mritumor.data.datasets import PatientBagDataset, collate_bags
@@ -118,7 +134,7 @@ def _evaluate_hierarchical(loaded, cache, patients, outdir, temperature, batch_s
 
     dataset = PatientBagDataset(cache, patients, loaded.labels, loaded.bag_size, loaded.bag_policy)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_bags)
-    prediction = predict_bags(loaded.model, loader)
+    prediction = predict_bags(loaded.model, loader, engine)
     return evaluate_hierarchical(
         prediction,
         loaded.labels,
@@ -131,7 +147,7 @@ def _evaluate_hierarchical(loaded, cache, patients, outdir, temperature, batch_s
 
 
 def _evaluate_multitask(
-    loaded, cache, patients, outdir, temperature, batch_size, n_boot, seed, n_overlays
+    loaded, cache, patients, outdir, temperature, batch_size, n_boot, seed, n_overlays, engine=None
 ):
     from torch.utils.data import DataLoader
 
@@ -140,7 +156,7 @@ def _evaluate_multitask(
     from mritumor.inference.loops import predict_slices  # the loop training's test part uses
 
     dataset = SliceDataset(cache, rows_of_patients(cache, patients), loaded.labels)
-    prediction = predict_slices(loaded.model, DataLoader(dataset, batch_size=batch_size))
+    prediction = predict_slices(loaded.model, DataLoader(dataset, batch_size=batch_size), engine)
     return evaluate_multitask(
         prediction,
         loaded.labels,

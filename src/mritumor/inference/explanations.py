@@ -16,11 +16,13 @@ from mritumor.models.loading import LoadedModel
 def explain_patient(explainer, prediction: PatientPrediction, folder: Path) -> list[Path]:
     """Heat maps of :mod:`mritumor.explain` for the patient's predicted type: pixel occlusion
     and Grad-CAM overlays of the 3 most important slices, and the slice-importance bars."""
+    import torch
+
     from mritumor.explain.explainable import compute_maps, rank_slices
     from mritumor.explain.plots import draw_overlays, draw_slice_importance
 
     model, settings = explainer
-    images = prediction.images
+    images = torch.as_tensor(prediction.images)  # the predictor keeps numpy arrays
     target, probability, importance = rank_slices(model, images)
     predicted = model.class_names[target]
     top = [int(i) for i in importance["order"][: settings.top_slices]]

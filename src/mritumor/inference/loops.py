@@ -1,6 +1,7 @@
 """Raw network outputs over a data loader: the loops training's test part, ``evaluate`` and
 temperature fitting share. Plain torch (no Lightning), so ``mritumor evaluate`` does not import
-the training stack."""
+the training stack. ``engine``: run the network with an engine of
+:mod:`mritumor.inference.engines` (ONNX Runtime) instead of ``model`` itself."""
 
 from __future__ import annotations
 
@@ -12,14 +13,23 @@ from mritumor.models.hierarchical import TwoStepClassifier
 from mritumor.models.multitask import MultiTaskNet
 
 
+def _engine_forward(engine):
+    def forward(*inputs: torch.Tensor) -> dict:
+        outputs = engine.run(*(t.numpy() for t in inputs))
+        return {name: torch.from_numpy(value) for name, value in outputs.items()}
+
+    return forward
+
+
 @torch.no_grad()
-def predict_bags(model: TwoStepClassifier, loader: DataLoader) -> dict:
+def predict_bags(model: TwoStepClassifier, loader: DataLoader, engine=None) -> dict:
     """Raw outputs for every patient of a loader, in dataset order."""
     model.eval()
-    device = next(model.parameters()).device
+    device = next(model.parameters()).device if engine is None else torch.device("cpu")
+    forward = model if engine is None else _engine_forward(engine)
     type_logits, grade_logits, weights, rows, embeddings = [], [], [], [], []
     for batch in loader:
-        outputs = model(batch["images"].to(device), batch["mask"].to(device))
+        outputs = forward(batch["images"].to(device), batch["mask"].to(device))
         type_logits.append(outputs["type_logits"].float().cpu())
         grade_logits.append(outputs["grade_logits"].float().cpu())
         if "patient_embedding" in outputs:  # what out-of-distribution scores are fitted on
@@ -42,15 +52,16 @@ def predict_bags(model: TwoStepClassifier, loader: DataLoader) -> dict:
 
 
 @torch.no_grad()
-def predict_slices(model: MultiTaskNet, loader: DataLoader) -> dict:
+def predict_slices(model: MultiTaskNet, loader: DataLoader, engine=None) -> dict:
     """Raw outputs for every slice of a loader, in dataset order: class logits (N, K) and
     predicted masks (N, S, S) bool, with true labels and masks."""
     model.eval()
-    device = next(model.parameters()).device
+    device = next(model.parameters()).device if engine is None else torch.device("cpu")
+    forward = model if engine is None else _engine_forward(engine)
     logits, masks, true_masks, has_mask, rows, types = [], [], [], [], [], []
     embeddings = []
     for batch in loader:
-        outputs = model(batch["image"].to(device))
+        outputs = forward(batch["image"].to(device))
         if "class_logits" in outputs:
             logits.append(outputs["class_logits"].float().cpu())
         if "class_embedding" in outputs:  # what out-of-distribution scores are fitted on

@@ -1,5 +1,7 @@
 """What ``mritumor predict`` writes: predicted masks at the input's geometry, and the document
-as JSON (stdout or a file) or as CSV (one row per patient, one per slice beside it)."""
+as JSON (stdout or a file), as CSV (one row per patient, one per slice beside it) or as JSON
+lines; CSV and JSON lines are written patient by patient as they are predicted
+(:class:`ResultStream`), and ``--resume`` continues such a file."""
 
 from __future__ import annotations
 
@@ -13,12 +15,12 @@ import numpy as np
 from mritumor.data import io
 from mritumor.errors import MritumorError
 from mritumor.inference.inputs import PatientInput, SliceRef, file_name, slice_stem, stem
-from mritumor.inference.predictor import PatientPrediction
 
-OUTPUT_SUFFIXES = (".json", ".csv")
+OUTPUT_SUFFIXES = (".json", ".csv", ".jsonl")
+STREAMED = (".csv", ".jsonl")  # written as the patients are predicted
 
 
-def write_masks(prediction: PatientPrediction, patient: PatientInput, folder: Path) -> list[Path]:
+def write_masks(prediction, patient: PatientInput, folder: Path) -> list[Path]:
     """The predicted masks at the input's original size: one NIfTI volume (shape, affine and
     header of the input's, uint8 0/1) for a NIfTI patient, else one 0/255 PNG per slice
     (``<slice>_mask.png``; ``_<frame>`` for multi-frame DICOM)."""
@@ -130,10 +132,119 @@ def check_output(output: str | Path | None) -> Path | None:
     output = Path(output)
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise MritumorError(
-            f"--output {output}: the extension decides the format; use .json or .csv"
+            f"--output {output}: the extension decides the format; use .json, .csv or .jsonl"
         )
     if output.is_dir():
         raise MritumorError(
-            f"--output {output} is a folder; give a file name ending in .json or .csv"
+            f"--output {output} is a folder; give a file name ending in .json, .csv or .jsonl"
         )
     return output
+
+
+def slices_path(output: Path) -> Path:
+    return output.with_name(f"{output.stem}_slices.csv")
+
+
+class ResultStream:
+    """A .csv or .jsonl ``--output`` written as the patients are predicted: every patient is
+    on disk (flushed) once :meth:`write` returns, so a killed run loses at most the patient it
+    was on. CSV: the slices' rows go to ``<stem>_slices.csv`` before the patient's row, so a
+    patient counts as finished only with all its rows. JSON lines: a first line
+    ``{"model": ...}``, then one patient record per line, or ``{"patient_id", "skipped"}``.
+
+    ``resume=True`` keeps what a previous run wrote: :attr:`done` holds its finished patients
+    (to be skipped), a partly written last line is cut off, and the slices of an unfinished
+    patient are dropped. Without it an existing file is replaced."""
+
+    def __init__(self, output: Path, model: dict, resume: bool = False):
+        self.output, self.csv = output, output.suffix.lower() == ".csv"
+        self.done: set[str] = set()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        existing = resume and output.is_file() and output.stat().st_size > 0
+        if existing:
+            self._resume(model)
+        mode = "a" if existing else "w"
+        self._main = open(output, mode, newline="" if self.csv else None)
+        self._writers: dict = {}
+        if self.csv:
+            self._slices = open(slices_path(output), mode if existing else "w", newline="")
+            if existing:
+                self._writers = {stream: self._existing_writer(stream) for stream in (self._main, self._slices)}  # fmt: skip
+        else:
+            self._slices = None
+            if not existing:
+                self._line({"model": model})
+
+    def _resume(self, model: dict) -> None:
+        _cut_partial_line(self.output)
+        if self.csv:
+            with open(self.output, newline="") as stream:
+                self.done = {row["patient_id"] for row in csv.DictReader(stream)}
+            sliced = slices_path(self.output)
+            if sliced.is_file():
+                _cut_partial_line(sliced)
+                with open(sliced, newline="") as stream:
+                    reader = csv.DictReader(stream)
+                    kept = [row for row in reader if row["patient_id"] in self.done]
+                    columns = reader.fieldnames or []
+                with open(sliced, "w", newline="") as stream:  # unfinished patients' slices out
+                    writer = csv.DictWriter(stream, fieldnames=columns)
+                    writer.writeheader()
+                    writer.writerows(kept)
+            return
+        lines = [json.loads(line) for line in self.output.read_text().splitlines() if line.strip()]
+        previous = lines[0].get("model") if lines else None
+        if previous and (previous.get("task"), previous.get("types")) != (model.get("task"), model.get("types")):  # fmt: skip
+            raise MritumorError(
+                f"--resume: {self.output} holds predictions of another model "
+                f"({previous.get('checkpoint')}); give another --output"
+            )
+        self.done = {r["patient_id"] for r in lines[1:] if "patient_id" in r and "skipped" not in r}
+
+    def _existing_writer(self, stream):
+        with open(stream.name, newline="") as reader:
+            columns = next(csv.reader(reader), None)
+        if not columns:
+            return None  # an empty file: the first row writes the header
+        return csv.DictWriter(stream, fieldnames=columns, restval="", extrasaction="ignore")
+
+    def _line(self, value: dict) -> None:
+        self._main.write(json.dumps(value) + "\n")
+        self._main.flush()
+
+    def _rows(self, stream, rows: list[dict]) -> None:
+        if not rows:
+            return
+        writer = self._writers.get(stream)
+        if writer is None:
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            writer = csv.DictWriter(stream, fieldnames=columns, restval="", extrasaction="ignore")
+            writer.writeheader()
+            self._writers[stream] = writer
+        writer.writerows(rows)
+        stream.flush()
+
+    def write(self, record: dict) -> None:
+        if self.csv:
+            self._rows(self._slices, slice_rows([record]))
+            self._rows(self._main, patient_rows([record]))
+        else:
+            self._line(record)
+        self.done.add(record["patient_id"])
+
+    def skip(self, patient_id: str, reason: str) -> None:
+        if not self.csv:  # a CSV has no place for it; a resumed run tries the patient again
+            self._line({"patient_id": patient_id, "skipped": reason})
+
+    def close(self) -> None:
+        self._main.close()
+        if self._slices is not None:
+            self._slices.close()
+
+
+def _cut_partial_line(path: Path) -> None:
+    """Drop an unfinished last line (a run killed while writing it)."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as stream:
+            stream.truncate(data.rfind(b"\n") + 1)

@@ -1,7 +1,14 @@
 """``mritumor predict``: a trained checkpoint applied to unlabelled images — input discovery
-(:mod:`~mritumor.inference.inputs`), the network (:mod:`~mritumor.inference.predictor`), the
-files written (:mod:`~mritumor.inference.outputs`) and optional heat maps
-(:mod:`~mritumor.inference.explanations`)."""
+(:mod:`~mritumor.inference.inputs`), the engine and the network
+(:mod:`~mritumor.inference.engines`, :mod:`~mritumor.inference.predictor`), the files written
+(:mod:`~mritumor.inference.outputs`) and optional heat maps
+(:mod:`~mritumor.inference.explanations`).
+
+A cohort streams: the next patient is read while the network runs on the current one, a .csv
+or .jsonl output gets each patient as soon as it is predicted, and ``resume`` skips the
+patients such a file already holds. Memory does not grow with the cohort (two patients' images
+at a time; the returned document keeps only the small JSON records).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +17,14 @@ from pathlib import Path
 
 from mritumor.errors import DataError, MritumorError
 from mritumor.inference.inputs import discover
-from mritumor.inference.outputs import check_output, write_masks, write_output
+from mritumor.inference.outputs import (
+    STREAMED,
+    ResultStream,
+    check_output,
+    write_masks,
+    write_output,
+)
 from mritumor.inference.predictor import Predictor
-from mritumor.models.loading import load_model
 
 log = logging.getLogger(__name__)
 
@@ -26,63 +38,94 @@ def predict(
     calibrated: bool = True,
     all_slices: bool = False,
     progress: bool = True,
+    engine: str = "auto",
+    resume: bool = False,
+    threads: int | None = None,
 ) -> dict:
     """Predict every patient of ``input``; write the results (see :func:`write_output`):
     ``output`` given → there; else one patient → JSON on stdout, several → ``predictions.csv``
-    in the current folder. Returns the document (``model``, ``patients``, ``skipped``) with
+    in the current folder. ``engine``: ``torch``, ``onnx`` or ``auto`` (see
+    :func:`~mritumor.inference.engines.select_engine`); ``resume``: keep the patients a
+    .csv/.jsonl ``output`` already holds and predict only the others. Returns the document
+    (``model``, ``patients``, ``skipped``, and ``resumed``: patients kept from the file) with
     ``output`` (the file written, or None for stdout)."""
     output = check_output(output)
-    loaded = load_model(checkpoint)
-    if save_masks is not None and not loaded.segments:
+    loaded = None
+    if explain is not None:  # explaining needs the torch network whatever the engine
+        from mritumor.models.loading import load_model
+
+        loaded = load_model(checkpoint)
+    predictor = Predictor.from_checkpoint(
+        checkpoint, engine, calibrated, all_slices, threads=threads, loaded=loaded
+    )
+    model = predictor.loaded
+    if save_masks is not None and not model.segments:
         raise MritumorError(
             f"--save_masks needs a multi-task checkpoint with a segmentation head (variants A, "
-            f"C–G); {checkpoint} is {loaded.describe()}, which predicts no masks"
+            f"C–G); {checkpoint} is {model.describe()}, which predicts no masks"
         )
-    if explain is not None and not loaded.classifies:
+    if explain is not None and not model.classifies:
         raise MritumorError(
-            f"--explain explains class predictions; {checkpoint} is {loaded.describe()}, which "
+            f"--explain explains class predictions; {checkpoint} is {model.describe()}, which "
             "has no classification head"
         )
     patients = discover(input)
     many = len(patients) > 1
-    predictor = Predictor(loaded, calibrated=calibrated, all_slices=all_slices)
+    if output is None and many:
+        output = Path("predictions.csv")
+    if resume and (output is None or output.suffix.lower() not in STREAMED):
+        raise MritumorError("--resume continues a .csv or .jsonl --output; give one")
     explainer = None
     if explain is not None:  # imported on demand: plotting is not needed to predict
         from mritumor.inference.explanations import build_explainer, explain_patient
 
         explainer = build_explainer(loaded, predictor.temperature)
+    header = predictor.header()
+    stream = None
+    if output is not None and output.suffix.lower() in STREAMED:
+        stream = ResultStream(output, header, resume=resume)
+        if stream.done:
+            log.info("--resume: %d patient(s) of %s already predicted; skipped", len(stream.done), output)  # fmt: skip
+    todo = [p for p in patients if stream is None or p.patient_id not in stream.done]
     records, skipped = [], []
     from tqdm.auto import tqdm
 
-    for patient in tqdm(
-        patients, desc="Predicting", unit="patient", disable=not (progress and many)
-    ):
-        try:
-            prediction = predictor(patient)
-        except DataError as error:
-            if not many:
-                raise
-            log.warning("patient %s skipped: %s", patient.patient_id, error)
-            skipped.append({"patient_id": patient.patient_id, "reason": str(error)})
-            continue
-        if save_masks is not None:
-            folder = Path(save_masks) / (patient.patient_id if many else "")
-            files = write_masks(prediction, patient, folder)
-            prediction.record["mask_files"] = [str(f) for f in files]
-        if explainer is not None:
-            folder = Path(explain) / (patient.patient_id if many else "")
-            files = explain_patient(explainer, prediction, folder)
-            prediction.record["explain_files"] = [str(f) for f in files]
-        records.append(prediction.record)
-    if not records:
+    bar = tqdm(total=len(todo), desc="Predicting", unit="patient", disable=not (progress and many))
+    try:
+        for patient, prediction in predictor.stream(todo):
+            bar.update()
+            if isinstance(prediction, DataError):
+                if not many:
+                    raise prediction
+                log.warning("patient %s skipped: %s", patient.patient_id, prediction)
+                skipped.append({"patient_id": patient.patient_id, "reason": str(prediction)})
+                if stream is not None:
+                    stream.skip(patient.patient_id, str(prediction))
+                continue
+            if save_masks is not None:
+                folder = Path(save_masks) / (patient.patient_id if many else "")
+                files = write_masks(prediction, patient, folder)
+                prediction.record["mask_files"] = [str(f) for f in files]
+            if explainer is not None:
+                folder = Path(explain) / (patient.patient_id if many else "")
+                files = explain_patient(explainer, prediction, folder)
+                prediction.record["explain_files"] = [str(f) for f in files]
+            if stream is not None:
+                stream.write(prediction.record)
+            records.append(prediction.record)
+    finally:
+        bar.close()
+        if stream is not None:
+            stream.close()
+    resumed = len(patients) - len(todo)
+    if not records and not resumed:
         raise DataError(
             f"no patient of --input {input} could be predicted; first reason: {skipped[0]['reason']}"
         )
     if skipped:
         log.warning("%d of %d patient(s) skipped", len(skipped), len(patients))
-    document = {"model": predictor.header(), "patients": records, "skipped": skipped}
-    if output is None and many:
-        output = Path("predictions.csv")
-    written = write_output(document, output)
+    document = {"model": header, "patients": records, "skipped": skipped}
+    written = output if stream is not None else write_output(document, output)
     document["output"] = str(written) if written else None
+    document["resumed"] = resumed
     return document

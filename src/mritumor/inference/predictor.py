@@ -1,58 +1,71 @@
-"""A loaded checkpoint applied to one :class:`~mritumor.inference.inputs.PatientInput`.
+"""A model applied to one :class:`~mritumor.inference.inputs.PatientInput`, or a stream of them.
 
-Each slice is decoded and preprocessed with the training cache's own functions
-(:func:`mritumor.data.cache.preprocess_image`, including its float16 storage), so a slice gives
-the network the very tensor it gave it in evaluation. Hierarchical models see the checkpoint's
-evaluation bag (``bag_size`` evenly spaced slices; ``all_slices`` for every slice), multi-task
-models every slice. Probabilities are divided by the checkpoint's temperature unless
-``calibrated=False``.
+Each slice is decoded and preprocessed exactly as the training cache does
+(:func:`mritumor.data.cache.preprocess_image`, float16 storage included; with ONNX Runtime its
+numpy twin), so a slice gives the network the tensor it gave it in evaluation. Hierarchical
+models see the checkpoint's evaluation bag (``bag_size`` evenly spaced slices; ``all_slices``
+for every slice), multi-task models every slice. The network runs in an engine
+(:mod:`~mritumor.inference.engines`: PyTorch or ONNX Runtime); the probabilities are computed
+here, in numpy, divided by the checkpoint's temperature unless ``calibrated=False``.
 
 Per patient (see :class:`Predictor` for the record's keys): type probabilities; hierarchical:
 end-to-end grade probabilities P(g) = Σt P(t) P(g|t) and the attention weight of every bag slice;
 multi-task: per-slice type probabilities (the patient's are their mean, as in evaluation) and
 the predicted tumour area in pixels of the original image.
 
-Nothing here imports Lightning or MONAI: one patient is read, preprocessed and predicted in
-well under a second after start-up.
+Nothing here imports Lightning or MONAI, and nothing imports torch unless the engine is
+PyTorch's (or a checkpoint must be exported first).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from mritumor.data import io
-from mritumor.data.cache import preprocess_image
-from mritumor.data.datasets import bag_positions
 from mritumor.errors import DataError
+from mritumor.inference import arrays
 from mritumor.inference.checks import check_channels
+from mritumor.inference.engines import TorchEngine, fold_batchnorm, select_engine
 from mritumor.inference.inputs import SUPPORTED, PatientInput, SliceRef, plane, read_volume, where
-from mritumor.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
 CHUNK = 32  # multi-task slices per forward pass
+__all__ = ["Predictor", "PatientPrediction", "mask_at_original_size", "fold_batchnorm"]
 
 
 @dataclass
 class PatientPrediction:
     record: dict  # JSON-ready result (see Predictor)
-    images: torch.Tensor  # (n, C, S, S) the preprocessed slices the model saw
+    images: np.ndarray  # (n, C, S, S) float32: the preprocessed slices the model saw
     used: list[SliceRef]  # the n slices, in order
     sizes: list[tuple[int, int]]  # their original (H, W)
     masks: list[np.ndarray] | None = None  # segmenting models: (H, W) bool, original size
 
 
+@dataclass
+class Prepared:
+    """A patient read and preprocessed, waiting for the network (see :meth:`Predictor.stream`)."""
+
+    patient: PatientInput
+    images: np.ndarray
+    used: list[SliceRef]
+    sizes: list[tuple[int, int]]
+
+
 class Predictor:
-    """A loaded model applied to :class:`PatientInput` s.
+    """A model applied to :class:`PatientInput` s by an engine (:mod:`~mritumor.inference.
+    engines`). ``Predictor.from_checkpoint(path, engine="auto")`` is the simple way in (a
+    server builds one and calls it per request: ``predictor(patient).record``);
+    ``Predictor(loaded)`` runs a :class:`~mritumor.models.loading.LoadedModel` with PyTorch.
 
     The record of a patient holds ``patient_id``, ``input``, ``n_slices`` (found),
     ``n_slices_used`` and ``slices`` (one entry per slice used, with its ``name``), and:
@@ -65,24 +78,50 @@ class Predictor:
       slices'), each slice's ``predicted_type`` and ``type_probabilities``;
     * multi-task with a segmenter: ``tumour_area_px`` (all slices) and each slice's
       ``tumour_area_px``, counted on the mask at the image's original size.
+
+    With the PyTorch engine slices are preprocessed by the training cache's own function; with
+    ONNX Runtime by its numpy twin (:func:`mritumor.inference.arrays.preprocess_image`), so that
+    a cached ONNX model predicts without importing torch.
     """
 
     def __init__(
         self,
-        loaded: LoadedModel,
+        loaded,
         calibrated: bool = True,
         all_slices: bool = False,
         channels_last: bool = True,
+        engine=None,
     ):
+        """``loaded``: a LoadedModel, or the ModelCard of a cached ONNX model; ``engine``:
+        an engine object (default: :class:`TorchEngine` of ``loaded``)."""
         self.loaded = loaded
         self.temperature = loaded.temperature if calibrated else 1.0
         self.all_slices = all_slices
-        self.channels_last = channels_last
-        if channels_last:  # about twice as fast convolutions on CPU (oneDNN's native layout)
-            loaded.model.to_channels_last()
-        # the network predict runs: BatchNorm folded into the convolutions (a copy: explain's
-        # hooks and the checkpoint's modules stay on loaded.model)
-        self.model = fold_batchnorm(loaded.model)
+        self.engine = engine if engine is not None else TorchEngine(loaded, channels_last)
+        self.model = getattr(self.engine, "model", None)  # the torch network, torch engine only
+        if self.engine.name == "torch":
+            from mritumor.data.cache import preprocess_image
+
+            self._preprocess = lambda image, prep: preprocess_image(image, prep).float().numpy()
+        else:
+            self._preprocess = arrays.preprocess_image
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path,
+        engine: str = "auto",
+        calibrated: bool = True,
+        all_slices: bool = False,
+        threads: int | None = None,
+        cache_dir: str | Path | None = None,
+        loaded=None,
+    ) -> Predictor:
+        """The predictor of a checkpoint with ``engine`` ``torch``, ``onnx`` or ``auto`` (see
+        :func:`~mritumor.inference.engines.select_engine`); ``threads``: the engine's (None:
+        the machine's CPUs); ``loaded``: the checkpoint already loaded, if it is."""
+        runner, model = select_engine(engine, checkpoint, loaded, cache_dir, threads)
+        return cls(model, calibrated=calibrated, all_slices=all_slices, engine=runner)
 
     def header(self) -> dict:
         loaded = self.loaded
@@ -100,6 +139,7 @@ class Predictor:
             "image_size": loaded.preprocessing.image_size,
             "channels": loaded.preprocessing.channels,
             "bag": bag,
+            "engine": self.engine.name,
         }
 
     # -- reading
@@ -108,7 +148,7 @@ class Predictor:
         loaded = self.loaded
         if loaded.task != "hierarchical" or self.all_slices:
             return list(range(n))
-        return bag_positions(n, loaded.bag_size, loaded.bag_policy)
+        return arrays.evaluation_bag(n, loaded.bag_size, loaded.bag_policy)
 
     def read(self, patient: PatientInput):
         """The slices the model will see, decoded and preprocessed: (n, C, S, S) float32, the
@@ -136,7 +176,7 @@ class Predictor:
             raise DataError(f"{patient.source}: no slice could be decoded")
         for ref in chosen:
             check_channels(decoded[ref][0], self.loaded, where(ref))
-        images = torch.stack([decoded[ref][1] for ref in chosen])
+        images = np.stack([decoded[ref][1] for ref in chosen])
         return images, chosen, [decoded[ref][2] for ref in chosen]
 
     def _decode(self, ref: SliceRef, volume: np.ndarray | None = None):
@@ -149,18 +189,23 @@ class Predictor:
         channels, size = image.shape[0], tuple(image.shape[1:])
         if channels != self.loaded.preprocessing.channels:
             return channels, None, size  # refused by read(), with both channel counts
-        # the cache's function, float16 included: the model gets the values it was trained on
-        return channels, preprocess_image(image, self.loaded.preprocessing).float(), size
+        # the cache's function (torch engine) or its twin, float16 included: the model gets
+        # the values it was trained on
+        return channels, self._preprocess(image, self.loaded.preprocessing), size
 
     # -- predicting
 
-    @torch.inference_mode()
-    def __call__(self, patient: PatientInput) -> PatientPrediction:
+    def prepare(self, patient: PatientInput) -> Prepared:
+        """The reading half of :meth:`__call__` (raises :class:`DataError` as it does)."""
         for problem in patient.problems:
             log.warning("%s", problem)
         if not patient.slices:
             raise DataError(f"{patient.source}: no image slice found ({SUPPORTED})")
-        images, used, sizes = self.read(patient)
+        return Prepared(patient, *self.read(patient))
+
+    def predict_prepared(self, prepared: Prepared) -> PatientPrediction:
+        """The network half of :meth:`__call__`."""
+        patient, images, used, sizes = prepared.patient, prepared.images, prepared.used, prepared.sizes  # fmt: skip
         record = {
             "patient_id": patient.patient_id,
             "input": str(patient.source),
@@ -174,13 +219,39 @@ class Predictor:
         record.update(extra)
         return PatientPrediction(record, images, used, sizes, masks)
 
-    def _hierarchical(self, images: torch.Tensor, used: list[SliceRef]) -> dict:
-        from mritumor.models.hierarchical import hierarchical_probabilities
+    def __call__(self, patient: PatientInput) -> PatientPrediction:
+        return self.predict_prepared(self.prepare(patient))
 
+    def stream(
+        self, patients: Iterable[PatientInput]
+    ) -> Iterator[tuple[PatientInput, PatientPrediction | DataError]]:
+        """(patient, its prediction or the DataError that stopped it) for each patient in
+        order, the next patient read and preprocessed in a thread while the network runs on
+        the current one. At most two patients are in memory at a time."""
+        iterator = iter(patients)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+            current = next(iterator, None)
+            pending = pool.submit(self.prepare, current) if current is not None else None
+            while current is not None:
+                following = next(iterator, None)
+                try:
+                    prepared = pending.result()
+                except DataError as error:
+                    prepared = error
+                pending = pool.submit(self.prepare, following) if following is not None else None
+                if isinstance(prepared, DataError):
+                    yield current, prepared
+                else:
+                    try:
+                        yield current, self.predict_prepared(prepared)
+                    except DataError as error:
+                        yield current, error
+                current = following
+
+    def _hierarchical(self, images: np.ndarray, used: list[SliceRef]) -> dict:
         labels = self.loaded.labels
-        mask = torch.ones(1, len(used), dtype=torch.bool)
-        outputs = self.model(images[None], mask)
-        probs = hierarchical_probabilities(
+        outputs = self.engine.run(images[None], np.ones((1, len(used)), dtype=bool))
+        probs = arrays.hierarchical_probabilities(
             outputs["type_logits"], outputs["grade_logits"], self.temperature
         )
         types = probs["type"][0].tolist()
@@ -194,28 +265,26 @@ class Predictor:
             result["grade_probabilities"] = dict(
                 zip(labels.grades, probs["grade_e2e"][0].tolist(), strict=True)
             )
-        weights = outputs["slice_weights"][0].float().tolist()
+        weights = outputs["slice_weights"][0].astype(np.float32).tolist()
         result["slices"] = [
             {"name": ref.name, "attention_weight": w} for ref, w in zip(used, weights, strict=True)
         ]
         return result
 
     def _multitask(self, images, used, sizes) -> tuple[dict, list[np.ndarray] | None]:
-        model, labels = self.model, self.loaded.labels
+        labels = self.loaded.labels
         logits, masks = [], []
-        for chunk in images.split(CHUNK):
-            if self.channels_last:
-                chunk = chunk.contiguous(memory_format=torch.channels_last)
-            outputs = model(chunk)
+        for start in range(0, len(images), CHUNK):
+            outputs = self.engine.run(images[start : start + CHUNK])
             if "class_logits" in outputs:
-                logits.append(outputs["class_logits"].float())
+                logits.append(outputs["class_logits"].astype(np.float32))
             if "mask_logits" in outputs:
-                masks.append(outputs["mask_logits"][:, 0].float())
+                masks.append(outputs["mask_logits"][:, 0].astype(np.float32))
         slices = [{"name": ref.name} for ref in used]
         result: dict = {}
         if logits:
-            probs = torch.softmax(torch.cat(logits) / self.temperature, dim=-1)
-            patient = probs.mean(dim=0).tolist()
+            probs = arrays.softmax(np.concatenate(logits) / np.float32(self.temperature))
+            patient = probs.mean(axis=0).tolist()
             result["predicted_type"] = labels.types[int(np.argmax(patient))]
             result["type_probabilities"] = dict(zip(labels.types, patient, strict=True))
             for entry, row in zip(slices, probs.tolist(), strict=True):
@@ -225,7 +294,7 @@ class Predictor:
         if masks:
             originals = [
                 mask_at_original_size(m, *size)
-                for m, size in zip(torch.cat(masks), sizes, strict=True)
+                for m, size in zip(np.concatenate(masks), sizes, strict=True)
             ]
             areas = [int(m.sum()) for m in originals]
             result["tumour_area_px"] = int(sum(areas))
@@ -235,18 +304,11 @@ class Predictor:
         return result, originals
 
 
-def mask_at_original_size(logits: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """(S, S) mask logits → (height, width) bool: the inverse of the cache's
-    :func:`~mritumor.data.cache.resize_square` (zero-pad to a centred square, resize): the
-    logits are resized back to the square bilinearly, the padding is cropped, then > 0."""
-    side = max(height, width)
-    top, left = (side - height) // 2, (side - width) // 2  # resize_square's centring
-    logits = logits.float()
-    if logits.shape[-1] != side:
-        logits = F.interpolate(
-            logits[None, None], size=(side, side), mode="bilinear", align_corners=False
-        )[0, 0]
-    return (logits[top : top + height, left : left + width] > 0).cpu().numpy()
+def mask_at_original_size(logits, height: int, width: int) -> np.ndarray:
+    """(S, S) mask logits (array or CPU tensor) → (height, width) bool: the inverse of the
+    cache's :func:`~mritumor.data.cache.resize_square` (zero-pad to a centred square, resize):
+    the logits are resized back to the square bilinearly, the padding is cropped, then > 0."""
+    return arrays.mask_at_original_size(np.asarray(logits, dtype=np.float32), height, width)
 
 
 def _map(function, items: list):
@@ -255,33 +317,3 @@ def _map(function, items: list):
         return [function(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         return list(pool.map(function, items))
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of an eval-mode ``model`` with every BatchNorm that directly follows a convolution
-    in a ``Sequential`` folded into that convolution (``torch.nn.utils.fusion``), the norm left
-    as an ``Identity`` so module names and indices stay. Same outputs up to float rounding, and
-    1.4–1.9× faster CPU inference for small_cnn/mobilenet_v2 (``benchmarks/RESULTS.md``).
-    Pairs outside a ``Sequential`` (ResNet's ``conv1``/``bn1``) are left as they are."""
-    from copy import deepcopy
-
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    if model.training:
-        raise ValueError("fold_batchnorm needs an eval-mode model: training norms use batch statistics")  # fmt: skip
-    folded = deepcopy(model)
-    for container in folded.modules():
-        if not isinstance(container, nn.Sequential):
-            continue
-        names = list(container._modules)
-        for first, second in zip(names, names[1:], strict=False):
-            conv, norm = container._modules[first], container._modules[second]
-            if (
-                isinstance(conv, nn.Conv2d)
-                and type(norm) is nn.BatchNorm2d
-                and norm.track_running_stats
-                and conv.out_channels == norm.num_features
-            ):
-                container._modules[first] = fuse_conv_bn_eval(conv, norm)
-                container._modules[second] = nn.Identity()
-    return folded

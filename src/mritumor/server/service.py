@@ -180,6 +180,8 @@ def _add_pictures(entry: ModelEntry, prediction: PatientPrediction, images: bool
 def _add_heat_maps(entry: ModelEntry, prediction: PatientPrediction) -> None:
     from dataclasses import replace
 
+    import torch
+
     from mritumor.explain.explainable import compute_maps, rank_slices
 
     model, settings = entry.explainer()
@@ -187,9 +189,10 @@ def _add_heat_maps(entry: ModelEntry, prediction: PatientPrediction) -> None:
     # hundreds of forward passes, which would hold the queue
     method = "gradcam" if "gradcam" in settings.methods else "occlusion"
     settings = replace(settings, methods=[method])
-    target, _, importance = rank_slices(model, prediction.images)
+    images = torch.as_tensor(prediction.images)  # the predictor keeps numpy arrays
+    target, _, importance = rank_slices(model, images)
     top = [int(i) for i in importance["order"][:TOP_SLICES]]
-    maps = compute_maps(model, prediction.images[top], target, settings)[method]
+    maps = compute_maps(model, images[top], target, settings)[method]
     slices = prediction.record["slices"]
     for j, i in enumerate(top):
         slices[i]["heatmap_png"] = png_data_url(heat_colours(maps[j].numpy()))
