@@ -23,7 +23,7 @@ def pytorch_outputs(task: str, checkpoint: Path, inputs: tuple) -> dict:
     model = network_from_checkpoint(load_checkpoint(checkpoint))
     with torch.no_grad():
         out = model(*inputs)
-    return {k: v.numpy() for k, v in out.items() if k != "class_embedding"}
+    return {k: v.numpy() for k, v in out.items()}  # every output, embeddings included
 
 
 def inputs_for(task: str, batch: int, slices: int) -> tuple:

@@ -62,12 +62,12 @@ class HierarchicalExport(nn.Module):
         grade_logits = model.grade_heads(patient).reshape(batch, model.n_types, grades)
         grade_logits = grade_logits[..., : model.n_grades]
         grade_logits = grade_logits.masked_fill(~model.allowed_grades, float("-inf"))
-        return type_logits, grade_logits, weights
+        return type_logits, grade_logits, weights, patient
 
 
 class MultiTaskExport(nn.Module):
-    """:class:`~mritumor.models.multitask.MultiTaskNet` returning a tuple (no dict, no
-    ``class_embedding``, which is internal to variant G)."""
+    """:class:`~mritumor.models.multitask.MultiTaskNet` returning a tuple (no dict); the
+    classifier's embedding is an output because out-of-distribution scores are computed on it."""
 
     def __init__(self, model: nn.Module, outputs: list[str]):
         super().__init__()
@@ -83,8 +83,9 @@ def exportable(loaded: LoadedModel) -> tuple[nn.Module, list[str], list[str], di
     if loaded.task == "hierarchical":
         module = HierarchicalExport(loaded.model)
         inputs = ["images", "mask"]
-        outputs = ["type_logits", "grade_logits", "slice_weights"]
+        outputs = ["type_logits", "grade_logits", "slice_weights", "patient_embedding"]
         axes = {
+            "patient_embedding": {0: "batch"},
             "images": {0: "batch", 1: "slices"},
             "mask": {0: "batch", 1: "slices"},
             "type_logits": {0: "batch"},
@@ -92,7 +93,7 @@ def exportable(loaded: LoadedModel) -> tuple[nn.Module, list[str], list[str], di
             "slice_weights": {0: "batch", 1: "slices"},
         }
         return module, inputs, outputs, axes
-    outputs = (["class_logits"] if loaded.model.classifies else []) + (
+    outputs = (["class_logits", "class_embedding"] if loaded.model.classifies else []) + (
         ["mask_logits"] if loaded.model.segments else []
     )
     axes = {"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}}

@@ -99,6 +99,21 @@ def register(subcommands) -> None:
         default=0,
         help="CPU threads of the engine (0: every CPU this process may use)",
     )
+    flag(
+        parser,
+        "--coverage",
+        type=float,
+        default=None,
+        help="coverage of the prediction sets (default: the one the checkpoint was fitted for, "
+        "0.9 unless training said otherwise)",
+    )
+    flag(
+        parser,
+        "--abstain",
+        action="store_true",
+        help="answer 'uncertain' instead of a tumour type for an input the checkpoint flags as "
+        "out of distribution",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -117,6 +132,8 @@ def run(args: argparse.Namespace) -> None:
         engine=args.engine,
         resume=args.resume,
         threads=args.threads or None,
+        coverage=args.coverage,
+        abstain=args.abstain,
     )
     if document["output"]:  # otherwise stdout holds the JSON: nothing else may go there
         resumed = f" ({document['resumed']} kept from before)" if document["resumed"] else ""

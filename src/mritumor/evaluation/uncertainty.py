@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from mritumor.evaluation.conformal import (
     calibration_scores,
@@ -60,6 +59,8 @@ def fit_uncertainty(
 ) -> dict:
     """The state stored in ``best.pt`` under ``"uncertainty"``. ``val_groups`` (patient ids of
     slice-level units) adds the patient-level thresholds."""
+    import torch  # the fitted state goes into best.pt as tensors; applying it needs no torch
+
     detector = OODDetector.fit(train_features, train_labels)
     val_scores = detector.score(val_features)
     detector.calibrate(val_scores, keep)
@@ -162,6 +163,65 @@ def grade_set_report(
         "nominal_coverage": grade["coverage"],
         **set_metrics(grade_sets(state, grade_probs), grade_true, grade_names),
     }
+
+
+def patient_answer(
+    state: dict | None,
+    features: np.ndarray,
+    probs: np.ndarray,
+    class_names,
+    slice_level: bool,
+    coverage: float | None = None,
+) -> dict:
+    """The uncertainty fields of one patient's prediction record. ``features``/``probs``: the
+    patient's one row (two-step model) or its slices' rows (multi-task: the patient's OOD score
+    is the median of its slices', its set comes from the mean probabilities, both against the
+    patient-level thresholds)."""
+    if not state:
+        return {
+            "in_distribution": None,
+            "uncertainty_note": "this checkpoint was written before out-of-distribution scores "
+            "and prediction sets were fitted: no flag, no set (retrain to get them)",
+        }
+    detector = OODDetector.from_state(state["ood"])
+    scores = detector.score(np.asarray(features, dtype=np.float64))
+    if slice_level and "patient" in state:
+        score, threshold = float(np.median(scores)), float(state["patient"]["ood_threshold"])
+        row = np.asarray(probs).mean(axis=0, keepdims=True)
+        level = "patient"
+    else:
+        score, threshold, row, level = float(scores[0]), detector.threshold, probs[:1], "unit"
+    members = prediction_sets(
+        row, set_threshold(state, coverage, level), state["conformal"]["method"]
+    )[0]
+    return {
+        "in_distribution": bool(score <= threshold),
+        "ood_score": score,
+        "ood_threshold": threshold,
+        "type_prediction_set": [class_names[k] for k in np.flatnonzero(members)],
+        "set_coverage": coverage or float(state["conformal"]["coverage"]),
+    }
+
+
+def write_test_uncertainty(
+    state: dict | None,
+    outdir,
+    features: np.ndarray | None,
+    type_probs: np.ndarray,
+    type_true: np.ndarray,
+    types: Sequence[str],
+    grade_probs: np.ndarray | None = None,
+    grade_true: np.ndarray | None = None,
+    grades: Sequence[str] = (),
+) -> dict | None:
+    """The test units' sets, risk–coverage and OOD share in ``uncertainty.json`` and
+    ``risk_coverage.png`` (training's test part and ``evaluate``); None without a state."""
+    if not state or features is None:
+        return None
+    summary = uncertainty_report(state, features, type_probs, type_true, types)
+    if "grade_conformal" in state and grade_probs is not None and grade_true is not None:
+        summary["grade_conformal"] = grade_set_report(state, grade_probs, grade_true, grades)
+    return write_uncertainty(summary, outdir)
 
 
 def ood_auroc(state: dict, in_features: np.ndarray, out_features: np.ndarray) -> float:

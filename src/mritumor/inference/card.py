@@ -8,7 +8,7 @@ Predictor` reads) without torch, written beside a cached ONNX model so that a la
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -40,6 +40,8 @@ class ModelCard:
     bag_size: int | None = None
     bag_policy: str | None = None
     variant: str | None = None
+    # the checkpoint's OOD/conformal state: arrays in ``KEY.uncertainty.npz`` beside the card
+    uncertainty: dict | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_loaded(cls, loaded) -> ModelCard:
@@ -59,6 +61,7 @@ class ModelCard:
 
     def to_dict(self) -> dict:
         values = asdict(self)
+        values.pop("uncertainty")
         values["path"] = str(self.path)
         return values
 
@@ -68,7 +71,11 @@ class ModelCard:
         an identical copy elsewhere)."""
         labels = values["labels"]
         return cls(
-            **{k: v for k, v in values.items() if k not in ("labels", "preprocessing", "path")},
+            **{
+                k: v
+                for k, v in values.items()
+                if k not in ("labels", "preprocessing", "path", "uncertainty")
+            },
             labels=Labels(tuple(labels["types"]), tuple(labels["grades"])),
             preprocessing=Prep(**values["preprocessing"]),
             path=Path(path),

@@ -25,11 +25,13 @@ import json
 import logging
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from mritumor.errors import MritumorError
+from mritumor.evaluation.state import load_state, save_state
 from mritumor.inference import arrays
 from mritumor.inference.card import ModelCard
 
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 ENGINES = ("auto", "onnx", "torch")
 PARITY_TOLERANCE = 1e-4  # max |ONNX − PyTorch| on every probability
 CACHE_FOLDER = ".mritumor_onnx"
-CACHE_FORMAT = 1  # bump when the export or the card changes: older cached files are ignored
+CACHE_FORMAT = 2  # 2: embeddings exported, uncertainty state beside the card; bump when the export or the card changes: older cached files are ignored
 INSTALL_HINT = "pip install 'mritumor[onnx]' (or: pip install onnx onnxruntime)"
 
 
@@ -63,8 +65,8 @@ def machine_threads() -> int:
 
 def output_names(card) -> list[str]:
     if card.task == "hierarchical":
-        return ["type_logits", "grade_logits", "slice_weights"]
-    return (["class_logits"] if card.classifies else []) + (
+        return ["type_logits", "grade_logits", "slice_weights", "patient_embedding"]
+    return (["class_logits", "class_embedding"] if card.classifies else []) + (
         ["mask_logits"] if card.segments else []
     )
 
@@ -193,6 +195,8 @@ def export_to_cache(loaded, key: str, cache_dir=None, threads: int | None = None
         os.replace(partial, model)
     finally:
         partial.unlink(missing_ok=True)
+    if loaded.uncertainty:
+        save_state(loaded.uncertainty, folder / f"{key}.uncertainty.npz")
     info = {"key": key, "outputs": outputs, "card": ModelCard.from_loaded(loaded).to_dict(), "parity": parity}  # fmt: skip
     written = meta.with_name(f".{meta.name}.{os.getpid()}")
     written.write_text(json.dumps(info, indent=2))
@@ -263,9 +267,12 @@ def onnx_engine(checkpoint: str | Path, loaded=None, cache_dir=None, threads=Non
             loaded = load_model(checkpoint)
         found = export_to_cache(loaded, key, cache_dir, threads)
     model, info = found
-    return OnnxEngine(model, info["outputs"], threads), ModelCard.from_dict(
-        info["card"], checkpoint
+    state = model.with_name(f"{key}.uncertainty.npz")
+    card = replace(
+        ModelCard.from_dict(info["card"], checkpoint),
+        uncertainty=load_state(state) if state.is_file() else None,
     )
+    return OnnxEngine(model, info["outputs"], threads), card
 
 
 def select_onnx(name: str, checkpoint: str | Path, loaded=None, cache_dir=None, threads=None):

@@ -130,12 +130,17 @@ def _evaluate_hierarchical(loaded, cache, patients, outdir, temperature, batch_s
 
     from mritumor.data.datasets import PatientBagDataset, collate_bags
     from mritumor.evaluation.hierarchical import evaluate_hierarchical
+    from mritumor.evaluation.uncertainty import write_test_uncertainty
+    from mritumor.inference.arrays import hierarchical_probabilities
     from mritumor.inference.loops import predict_bags  # the loop training's test part uses
 
-    dataset = PatientBagDataset(cache, patients, loaded.labels, loaded.bag_size, loaded.bag_policy)
+    slices = (loaded.checkpoint.get("bag") or {}).get("bag_slices", "all")
+    dataset = PatientBagDataset(
+        cache, patients, loaded.labels, loaded.bag_size, loaded.bag_policy, slices=slices
+    )
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_bags)
     prediction = predict_bags(loaded.model, loader, engine)
-    return evaluate_hierarchical(
+    result = evaluate_hierarchical(
         prediction,
         loaded.labels,
         outdir,
@@ -144,6 +149,15 @@ def _evaluate_hierarchical(loaded, cache, patients, outdir, temperature, batch_s
         seed=seed,
         catalog=cache.catalog,
     )
+    probs = hierarchical_probabilities(
+        prediction["type_logits"].numpy(), prediction["grade_logits"].numpy(), temperature
+    )
+    result["uncertainty"] = write_test_uncertainty(
+        loaded.uncertainty, outdir, prediction["patient_embedding"], probs["type"],
+        prediction["type_true"], loaded.labels.types, probs["grade_e2e_normalised"],
+        prediction["grade_true"], loaded.labels.grades,
+    )  # fmt: skip
+    return result
 
 
 def _evaluate_multitask(
@@ -153,10 +167,17 @@ def _evaluate_multitask(
 
     from mritumor.data.datasets import SliceDataset, rows_of_patients
     from mritumor.evaluation.multitask import evaluate_multitask
+    from mritumor.evaluation.uncertainty import softmax, write_test_uncertainty
     from mritumor.inference.loops import predict_slices  # the loop training's test part uses
 
     dataset = SliceDataset(cache, rows_of_patients(cache, patients), loaded.labels)
     prediction = predict_slices(loaded.model, DataLoader(dataset, batch_size=batch_size), engine)
+    if prediction["class_logits"] is not None:
+        probs = softmax(prediction["class_logits"].numpy(), temperature)
+        write_test_uncertainty(
+            loaded.uncertainty, outdir, prediction["class_embedding"], probs,
+            prediction["type_true"], loaded.labels.types,
+        )  # fmt: skip
     return evaluate_multitask(
         prediction,
         loaded.labels,

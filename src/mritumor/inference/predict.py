@@ -41,6 +41,8 @@ def predict(
     engine: str = "auto",
     resume: bool = False,
     threads: int | None = None,
+    coverage: float | None = None,
+    abstain: bool = False,
 ) -> dict:
     """Predict every patient of ``input``; write the results (see :func:`write_output`):
     ``output`` given → there; else one patient → JSON on stdout, several → ``predictions.csv``
@@ -48,7 +50,8 @@ def predict(
     :func:`~mritumor.inference.engines.select_engine`); ``resume``: keep the patients a
     .csv/.jsonl ``output`` already holds and predict only the others. Returns the document
     (``model``, ``patients``, ``skipped``, and ``resumed``: patients kept from the file) with
-    ``output`` (the file written, or None for stdout)."""
+    ``output`` (the file written, or None for stdout). ``coverage``/``abstain``: see
+    :class:`~mritumor.inference.predictor.Predictor`."""
     output = check_output(output)
     loaded = None
     if explain is not None:  # explaining needs the torch network whatever the engine
@@ -56,7 +59,14 @@ def predict(
 
         loaded = load_model(checkpoint)
     predictor = Predictor.from_checkpoint(
-        checkpoint, engine, calibrated, all_slices, threads=threads, loaded=loaded
+        checkpoint,
+        engine,
+        calibrated,
+        all_slices,
+        threads=threads,
+        loaded=loaded,
+        coverage=coverage,
+        abstain=abstain,
     )
     model = predictor.loaded
     if save_masks is not None and not model.segments:

@@ -91,10 +91,16 @@ class Predictor:
         all_slices: bool = False,
         channels_last: bool = True,
         engine=None,
+        coverage: float | None = None,
+        abstain: bool = False,
     ):
         """``loaded``: a LoadedModel, or the ModelCard of a cached ONNX model; ``engine``:
-        an engine object (default: :class:`TorchEngine` of ``loaded``)."""
+        an engine object (default: :class:`TorchEngine` of ``loaded``); ``coverage``: of the
+        prediction sets (default: the one fitted); ``abstain``: an input out of distribution
+        gets ``predicted_type`` "uncertain" instead of a label."""
         self.loaded = loaded
+        self.uncertainty = getattr(loaded, "uncertainty", None)
+        self.coverage, self.abstain = coverage, abstain
         self.temperature = loaded.temperature if calibrated else 1.0
         self.all_slices = all_slices
         self.engine = engine if engine is not None else TorchEngine(loaded, channels_last)
@@ -116,12 +122,21 @@ class Predictor:
         threads: int | None = None,
         cache_dir: str | Path | None = None,
         loaded=None,
+        coverage: float | None = None,
+        abstain: bool = False,
     ) -> Predictor:
         """The predictor of a checkpoint with ``engine`` ``torch``, ``onnx`` or ``auto`` (see
         :func:`~mritumor.inference.engines.select_engine`); ``threads``: the engine's (None:
         the machine's CPUs); ``loaded``: the checkpoint already loaded, if it is."""
         runner, model = select_engine(engine, checkpoint, loaded, cache_dir, threads)
-        return cls(model, calibrated=calibrated, all_slices=all_slices, engine=runner)
+        return cls(
+            model,
+            calibrated=calibrated,
+            all_slices=all_slices,
+            engine=runner,
+            coverage=coverage,
+            abstain=abstain,
+        )
 
     def header(self) -> dict:
         loaded = self.loaded
@@ -265,19 +280,39 @@ class Predictor:
             result["grade_probabilities"] = dict(
                 zip(labels.grades, probs["grade_e2e"][0].tolist(), strict=True)
             )
+        if labels.grades and self.uncertainty and "grade_conformal" in self.uncertainty:
+            from mritumor.evaluation.uncertainty import grade_sets
+
+            members = grade_sets(self.uncertainty, normalised[None], self.coverage)[0]
+            result["grade_prediction_set"] = [labels.grades[k] for k in np.flatnonzero(members)]
+        result.update(self._answer(outputs.get("patient_embedding"), probs["type"], False))
         weights = outputs["slice_weights"][0].astype(np.float32).tolist()
         result["slices"] = [
             {"name": ref.name, "attention_weight": w} for ref, w in zip(used, weights, strict=True)
         ]
         return result
 
+    def _answer(self, features, probs, slice_level: bool) -> dict:
+        """OOD flag and prediction set (:func:`~mritumor.evaluation.uncertainty.patient_answer`);
+        with ``abstain`` an out-of-distribution input's label becomes "uncertain"."""
+        from mritumor.evaluation.uncertainty import patient_answer
+
+        state = self.uncertainty if features is not None else None
+        labels = self.loaded.labels.types
+        fields = patient_answer(state, features, probs, labels, slice_level, self.coverage)
+        if self.abstain and fields.get("in_distribution") is False:
+            fields["predicted_type"] = "uncertain"
+        return fields
+
     def _multitask(self, images, used, sizes) -> tuple[dict, list[np.ndarray] | None]:
         labels = self.loaded.labels
-        logits, masks = [], []
+        logits, masks, embeddings = [], [], []
         for start in range(0, len(images), CHUNK):
             outputs = self.engine.run(images[start : start + CHUNK])
             if "class_logits" in outputs:
                 logits.append(outputs["class_logits"].astype(np.float32))
+            if "class_embedding" in outputs:
+                embeddings.append(outputs["class_embedding"])
             if "mask_logits" in outputs:
                 masks.append(outputs["mask_logits"][:, 0].astype(np.float32))
         slices = [{"name": ref.name} for ref in used]
@@ -290,6 +325,8 @@ class Predictor:
             for entry, row in zip(slices, probs.tolist(), strict=True):
                 entry["predicted_type"] = labels.types[int(np.argmax(row))]
                 entry["type_probabilities"] = dict(zip(labels.types, row, strict=True))
+            features = np.concatenate(embeddings) if embeddings else None
+            result.update(self._answer(features, probs, True))
         originals = None
         if masks:
             originals = [

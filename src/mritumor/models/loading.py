@@ -53,6 +53,11 @@ class LoadedModel:
         return self.task == "multitask" and bool(getattr(self.model, "segments", False))
 
     @property
+    def uncertainty(self) -> dict | None:
+        """The OOD/conformal state fitted at the end of training (None: an older checkpoint)."""
+        return self.checkpoint.get("uncertainty")
+
+    @property
     def test_patients(self) -> list[str]:
         """The test part of the training run's split (empty when it recorded none)."""
         return list((self.checkpoint.get("split") or {}).get("test") or [])

@@ -171,7 +171,7 @@ def _add_pictures(entry: ModelEntry, prediction: PatientPrediction, images: bool
             item["mask_png"] = png_data_url(mask.astype(np.uint8) * 255)
     if images:
         for item, image in zip(slices, prediction.images, strict=True):
-            item["image_png"] = png_data_url(to_uint8(image.numpy()))
+            item["image_png"] = png_data_url(to_uint8(np.asarray(image)))
     if explain and entry.loaded.classifies:
         with entry.explain_lock:  # Grad-CAM's hooks sit on the shared network
             _add_heat_maps(entry, prediction)

@@ -35,12 +35,7 @@ from mritumor.evaluation.calibration import fit_temperature
 from mritumor.evaluation.conformal import calibration_scores
 from mritumor.evaluation.hierarchical import evaluate_hierarchical
 from mritumor.evaluation.metrics import cv_summary
-from mritumor.evaluation.uncertainty import (
-    fit_uncertainty,
-    grade_set_report,
-    uncertainty_report,
-    write_uncertainty,
-)
+from mritumor.evaluation.uncertainty import fit_uncertainty, write_test_uncertainty
 from mritumor.inference.loops import predict_bags  # shared with `mritumor evaluate`
 from mritumor.models.backbones import build_encoder
 from mritumor.models.hierarchical import (
@@ -374,14 +369,10 @@ def finish_fold(
         checkpoint["uncertainty"] = state
         save_checkpoint({k: v for k, v in checkpoint.items() if k != "format"}, outdir / "best.pt")
         probs = probabilities_from_prediction(test, temperature)
-        summary = uncertainty_report(
-            state, test["patient_embedding"], probs["type"], test["type_true"], labels.types
-        )
-        if "grade_conformal" in state:
-            summary["grade_conformal"] = grade_set_report(
-                state, probs["grade_e2e_normalised"], test["grade_true"], labels.grades
-            )
-        report["uncertainty"] = write_uncertainty(summary, outdir)
+        report["uncertainty"] = write_test_uncertainty(
+            state, outdir, test["patient_embedding"], probs["type"], test["type_true"],
+            labels.types, probs["grade_e2e_normalised"], test["grade_true"], labels.grades,
+        )  # fmt: skip
     return report
 
 

@@ -36,12 +36,7 @@ from mritumor.data.splits import Split
 from mritumor.errors import DataError
 from mritumor.evaluation.calibration import fit_temperature
 from mritumor.evaluation.multitask import evaluate_multitask, write_comparison
-from mritumor.evaluation.uncertainty import (
-    fit_uncertainty,
-    softmax,
-    uncertainty_report,
-    write_uncertainty,
-)
+from mritumor.evaluation.uncertainty import fit_uncertainty, softmax, write_test_uncertainty
 from mritumor.inference.loops import predict_slices  # shared with `mritumor evaluate`
 from mritumor.models.loading import multitask_network as model_from_checkpoint
 from mritumor.models.multitask import (
@@ -436,11 +431,8 @@ def finish_variant(
         checkpoint["uncertainty"] = state
         save_checkpoint({k: v for k, v in checkpoint.items() if k != "format"}, outdir / "best.pt")
         probs = softmax(test["class_logits"].numpy(), temperature)
-        report["uncertainty"] = write_uncertainty(
-            uncertainty_report(
-                state, test["class_embedding"], probs, test["type_true"], labels.types
-            ),
-            outdir,
+        report["uncertainty"] = write_test_uncertainty(
+            state, outdir, test["class_embedding"], probs, test["type_true"], labels.types
         )
     return report
 

@@ -130,23 +130,24 @@ function sliceTable(slices) {
   return table;
 }
 
-// Fields of later versions (OOD flag, prediction set) are shown only when a record has them.
+// The checkpoint's out-of-distribution flag (absent or null for checkpoints without one).
 function oodWarning(record) {
-  const flag = record.ood ?? record.out_of_distribution;
-  if (flag === undefined || flag === null) return null;
-  const flagged = typeof flag === "object" ? flag.flag ?? flag.is_ood ?? flag.flagged : flag;
-  if (!flagged) return el("p", { class: "muted", id: "ood-ok" }, "The input looks like the training data (no out-of-distribution flag).");
-  const detail = typeof flag === "object" && flag.reason ? " " + flag.reason : "";
+  const inside = record.in_distribution;
+  if (inside === undefined || inside === null) {
+    return record.uncertainty_note ? el("p", { class: "muted", id: "ood-none" }, record.uncertainty_note) : null;
+  }
+  if (inside) return el("p", { class: "muted", id: "ood-ok" }, "The input looks like the training data (no out-of-distribution flag).");
+  const detail = ` (score ${fmt(record.ood_score)} above the threshold ${fmt(record.ood_threshold)} that keeps 95 % of the validation patients)`;
   return el("p", { class: "warning", id: "ood-warning" },
     "Warning: this input is unlike the data the model was trained on; its prediction may be unreliable." + detail);
 }
 
 function predictionSet(record) {
-  const set = record.prediction_set ?? record.type_prediction_set;
-  if (!set) return null;
-  const members = Array.isArray(set) ? set : set.types || set.members || [];
-  return el("p", { id: "prediction-set" }, "Prediction set: ", ...members.map((m) => el("span", { class: "set" }, m)),
-    set.coverage ? ` (coverage ${fmt(set.coverage)})` : "");
+  const members = record.type_prediction_set;
+  if (!members) return null;
+  const grades = record.grade_prediction_set ? ["; grade: ", ...record.grade_prediction_set.map((m) => el("span", { class: "set" }, m))] : [];
+  return el("p", { id: "prediction-set" }, "Prediction set: ", ...members.map((m) => el("span", { class: "set" }, m)), ...grades,
+    record.set_coverage ? ` (covers the true type ${fmt(100 * record.set_coverage)} % of the time)` : "");
 }
 
 async function render(document_) {

@@ -1,0 +1,110 @@
+"""predict's out-of-distribution flag and prediction sets: fields equal to the checkpoint's
+state applied by hand, a non-brain texture flagged (and answered 'uncertain' with --abstain),
+ONNX equal to PyTorch, an older checkpoint said to have none."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_png
+from mritumor.checkpoints import load_checkpoint, save_checkpoint
+from mritumor.cli import main
+from mritumor.evaluation.ood import OODDetector
+from mritumor.evaluation.uncertainty import set_threshold
+from mritumor.models.loading import hierarchical_network
+
+
+def predict_json(capsys, *argv: str) -> dict:
+    capsys.readouterr()
+    assert main(["-q", "predict", *argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def texture(tmp_path_factory):
+    """A patient of four slices that are no brain: high-contrast stripes and checkers."""
+    folder = tmp_path_factory.mktemp("texture") / "not_a_brain"
+    yy, xx = np.mgrid[:32, :32]
+    for k in range(4):
+        pattern = ((xx // (k + 2) + yy // (k + 2)) % 2 * 255).astype(np.uint8)
+        write_png(folder / f"s{k}.png", pattern)
+    return folder
+
+
+def test_patient_fields_equal_the_state_applied_by_hand(
+    hierarchical_checkpoint, trained_data, capsys
+):
+    checkpoint = load_checkpoint(hierarchical_checkpoint)
+    state = checkpoint["uncertainty"]
+    patient = next(trained_data.glob("meningioma-g1/*"))
+    (record,) = predict_json(
+        capsys, "--checkpoint", str(hierarchical_checkpoint), "--input", str(patient),
+        "--engine", "torch",
+    )["patients"]  # fmt: skip
+    # the pooled embedding by hand, from the network and the slices predict used
+    from mritumor.data.cache import Preprocessing, SliceCache
+    from mritumor.data.readers import read_catalog
+
+    prep = Preprocessing(**checkpoint["preprocessing"])
+    cache = SliceCache.build(
+        read_catalog(trained_data).subset([patient.name]), prep, progress=False
+    )
+    names = [s["name"] for s in record["slices"]]
+    rows = [
+        i for i, path in enumerate(cache.catalog.table["image"]) if path.split("/")[-1] in names
+    ]
+    images = torch.stack([cache.image(i) for i in rows])[None]
+    with torch.no_grad():
+        out = hierarchical_network(checkpoint)(images, torch.ones(1, len(rows), dtype=torch.bool))
+    score = OODDetector.from_state(state["ood"]).score(out["patient_embedding"].numpy())[0]
+    assert record["ood_score"] == pytest.approx(score, rel=1e-4)
+    assert record["ood_threshold"] == pytest.approx(float(state["ood"]["threshold"]))
+    assert record["in_distribution"] == (score <= state["ood"]["threshold"])
+    probs = np.array(list(record["type_probabilities"].values()))
+    expected = [
+        t for t, p in record["type_probabilities"].items()
+        if 1 - p <= set_threshold(state) + 1e-12 or p == probs.max()
+    ]  # fmt: skip
+    assert record["type_prediction_set"] == expected
+    assert record["predicted_type"] in record["type_prediction_set"]
+
+
+def test_a_non_brain_texture_is_flagged_and_abstained_on(multitask_checkpoint, texture, capsys):
+    argv = ["--checkpoint", str(multitask_checkpoint), "--input", str(texture), "--engine", "torch"]
+    (record,) = predict_json(capsys, *argv)["patients"]
+    assert record["in_distribution"] is False
+    assert record["ood_score"] > record["ood_threshold"]
+    assert record["predicted_type"] != "uncertain"
+    (abstained,) = predict_json(capsys, *argv, "--abstain")["patients"]
+    assert abstained["predicted_type"] == "uncertain"
+    assert abstained["type_probabilities"] == record["type_probabilities"]
+
+
+def test_onnx_gives_the_same_flag_and_set(multitask_checkpoint, texture, trained_data, capsys):
+    pytest.importorskip("onnxruntime")  # a dev dependency: present in make test
+    for patient in (texture, next(trained_data.glob("pituitary-g1/*"))):
+        argv = ["--checkpoint", str(multitask_checkpoint), "--input", str(patient)]
+        (torch_record,) = predict_json(capsys, *argv, "--engine", "torch")["patients"]
+        (onnx_record,) = predict_json(capsys, *argv, "--engine", "onnx")["patients"]
+        for key in ("in_distribution", "type_prediction_set"):
+            assert onnx_record[key] == torch_record[key], key
+        assert onnx_record["ood_score"] == pytest.approx(torch_record["ood_score"], rel=1e-3)
+
+
+def test_a_checkpoint_without_the_state_says_so(
+    hierarchical_checkpoint, trained_data, tmp_path, capsys
+):
+    payload = load_checkpoint(hierarchical_checkpoint)
+    payload.pop("uncertainty")
+    old = save_checkpoint({k: v for k, v in payload.items() if k != "format"}, tmp_path / "old.pt")
+    patient = next(trained_data.glob("meningioma-g1/*"))
+    (record,) = predict_json(
+        capsys, "--checkpoint", str(old), "--input", str(patient), "--engine", "torch"
+    )["patients"]
+    assert record["in_distribution"] is None
+    assert "before out-of-distribution scores" in record["uncertainty_note"]
+    assert "type_prediction_set" not in record
