@@ -585,13 +585,24 @@ def test_no_synchronisation_on_cuda():
         device="cuda",
     )
     pairs = DevicePairLoader(images, BatchAugment(None, 48, "ssl"), batch_size=16, device="cuda")
-    list(loader), list(pairs)  # warm-up (lazy CUDA initialisation may synchronise)
+    shifted = DeviceSliceLoader(
+        images,
+        masks,
+        torch.zeros(64),
+        torch.zeros(64),
+        batch_size=16,
+        augment=BatchAugment(SHIFT_CONFIG, 48),  # rot90 and lowres too
+        device="cuda",
+    )
+    list(loader), list(pairs), list(shifted)  # warm-up (lazy CUDA initialisation may sync)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in loader:
             pass
         for _ in pairs:
+            pass
+        for _ in shifted:
             pass
     finally:
         torch.cuda.set_sync_debug_mode("default")
