@@ -336,6 +336,9 @@ def test_intensity_ops_equal_monai_and_torchvision_for_given_parameters():
         assert torch.allclose(adjusted[b], monai_gamma, atol=1e-6)
         reference = TF.gaussian_blur(images[b], [5, 5], [float(sigma[b])] * 2)
         assert torch.allclose(blurred[b], reference, atol=1e-6)
+        # A batch of one takes the shifted-sum path (the per-sample wrapper's): same pixels.
+        alone = ba.gaussian_blur(images[b : b + 1], ba.gaussian_kernels(sigma[b : b + 1], 5))
+        assert torch.allclose(alone[0], reference, atol=1e-6)
 
 
 def _params(batch: int, size: int, **fields) -> AugmentParams:
@@ -554,8 +557,10 @@ def test_batch_path_runs_on_the_meta_device():
     for kind in ("train", "ssl", "eval"):
         out, out_masks = BatchAugment(None, 32, kind)(images, masks)
         assert out.shape == (4, 1, 32, 32) and out_masks.dtype == torch.uint8
-    out, out_masks = BatchAugment(SHIFT_CONFIG, 32)(images, masks)  # rot90 and lowres too
-    assert out.shape == (4, 1, 32, 32) and out_masks.dtype == torch.uint8
+    for n in (4, 1):  # rot90 and lowres too; a batch of one blurs by shifted sums
+        augment = BatchAugment(replace(SHIFT_CONFIG, blur_p=1.0), 32)
+        out, out_masks = augment(images[:n], masks[:n])
+        assert out.shape == (n, 1, 32, 32) and out_masks.dtype == torch.uint8
     loader = DeviceSliceLoader(
         images.half(),
         masks,
