@@ -98,7 +98,7 @@ def texture_phantom(size: int = SIZE) -> torch.Tensor:
     return (0.5 + 0.2 * torch.sin(25 * x) * torch.cos(19 * y) + 0.1 * x * y)[None]
 
 
-def cpu_draws(config, image, mask=None, kind="train", n=N, seed=0):
+def reference_draws(config, image, mask=None, kind="train", n=N, seed=0):
     transform = reference_transform(kind, image.shape[-1], config)
     torch.manual_seed(seed)
     pairs = [transform(image, mask) for _ in range(n)]
@@ -175,17 +175,17 @@ def compare(first: dict, second: dict) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def head_cpu():
+def head_reference():
     image, mask = head_phantom()
-    images, masks = cpu_draws(AugmentConfig(), image, mask)
+    images, masks = reference_draws(AugmentConfig(), image, mask)
     return image, mask, geometry_stats(images, masks, mask)
 
 
-def test_full_pipeline_matches_cpu_distribution(head_cpu):
-    image, mask, cpu = head_cpu
+def test_full_pipeline_matches_reference_distribution(head_reference):
+    image, mask, expected = head_reference
     images, masks = batch_draws(AugmentConfig(), image, mask)
     batched = geometry_stats(images, masks, mask)
-    assert compare(cpu, batched) == {}
+    assert compare(expected, batched) == {}
     assert 0.3 < batched["flipped"].double().mean() < 0.7  # the check has something to see
 
 
@@ -197,10 +197,10 @@ def test_full_pipeline_matches_cpu_distribution(head_cpu):
         (dict(rotate_degrees=30.0, translate=0.15), "com_shift"),
     ],
 )
-def test_full_pipeline_comparison_detects_a_wrong_config(head_cpu, wrong, detected):
-    image, mask, cpu = head_cpu
+def test_full_pipeline_comparison_detects_a_wrong_config(head_reference, wrong, detected):
+    image, mask, expected = head_reference
     images, masks = batch_draws(replace(AugmentConfig(), **wrong), image, mask)
-    assert detected in compare(cpu, geometry_stats(images, masks, mask))
+    assert detected in compare(expected, geometry_stats(images, masks, mask))
 
 
 INTENSITY_CASES = {
@@ -220,19 +220,19 @@ WRONG_INTENSITY = {
 
 
 @pytest.mark.parametrize("op", sorted(INTENSITY_CASES))
-def test_each_intensity_op_alone_matches_cpu_distribution(op):
+def test_each_intensity_op_alone_matches_reference_distribution(op):
     config, image = INTENSITY_CASES[op], texture_phantom()
-    cpu = intensity_stats(cpu_draws(config, image, n=300)[0], image)
+    expected = intensity_stats(reference_draws(config, image, n=300)[0], image)
     batched = intensity_stats(batch_draws(config, image, n=300)[0], image)
-    assert compare(cpu, batched) == {}
+    assert compare(expected, batched) == {}
     assert (batched["change_abs"] > 1e-4).double().mean() > 0.3  # the op did act
     wrong = intensity_stats(batch_draws(replace(config, **WRONG_INTENSITY[op]), image)[0], image)
-    assert compare(cpu, wrong), f"a wrong {op} config went unnoticed"
+    assert compare(expected, wrong), f"a wrong {op} config went unnoticed"
 
 
 def test_shift_config_matches_reference_distribution():
     image, mask = head_phantom()
-    reference = cpu_draws(SHIFT_CONFIG, image, mask)
+    reference = reference_draws(SHIFT_CONFIG, image, mask)
     batched = batch_draws(SHIFT_CONFIG, image, mask)
     reference_stats = {**geometry_stats(*reference, mask), **intensity_stats(reference[0], image)}
     batched_stats = {**geometry_stats(*batched, mask), **intensity_stats(batched[0], image)}
@@ -267,8 +267,8 @@ def test_crop_sampler_reproduces_random_resized_crop_distribution():
     assert fallback.tolist() == [expected] * 5
 
 
-def _cpu_geometry(image, mask, crop, hflip, vflip, angle, translate, scale):
-    """The CPU chain with explicit parameters (nearest affine, as v2.RandomAffine). Output
+def _reference_geometry(image, mask, crop, hflip, vflip, angle, translate, scale):
+    """The reference's torchvision chain with explicit parameters (nearest affine, as v2.RandomAffine). Output
     size = input size, as for cached slices: crops are upsampled, so antialiasing (which
     grid_sample lacks) plays no part."""
     size = [image.shape[-1]] * 2
@@ -291,12 +291,12 @@ GEOMETRY_CASES = [
 
 
 @pytest.mark.parametrize("case", GEOMETRY_CASES)
-def test_composed_matrix_equals_the_cpu_geometry_chain(case):
+def test_composed_matrix_equals_the_reference_geometry_chain(case):
     crop, hflip, vflip, angle, translate, scale = case
     y, x = _pixel_grid(48)
     image = (0.5 + 0.3 * torch.sin(2.5 * x + 0.5) * torch.cos(1.7 * y - 0.3) + 0.15 * x)[None]
     mask = ((x - 0.3) ** 2 + (y + 0.2) ** 2 < 0.15).to(torch.uint8)[None]
-    expected, expected_mask = _cpu_geometry(image, mask, *case)
+    expected, expected_mask = _reference_geometry(image, mask, *case)
     params = AugmentParams(
         torch.tensor([crop], dtype=torch.float32),
         torch.tensor([hflip]),
@@ -306,15 +306,15 @@ def test_composed_matrix_equals_the_cpu_geometry_chain(case):
         torch.tensor([scale]),
     )
     out, out_mask = BatchAugment(AugmentConfig(), 48).apply(image[None], mask[None], params)
-    # Zero fill exactly where the CPU affine fills; masks agree but for edge pixels.
+    # Zero fill exactly where torchvision's affine fills; masks agree but for edge pixels.
     assert torch.equal(out[0] == 0, expected == 0)
     assert (out_mask[0] != expected_mask).double().mean() < 0.02
-    # Inside (away from the crop border) the values agree to the CPU's nearest-neighbour
+    # Inside (away from the crop border) the values agree to the reference's nearest-neighbour
     # snapping of the affine: half a pixel of this image's gradient (~0.016).
     inside = (slice(None), slice(2, -2), slice(2, -2))
     valid = expected[inside] > 0
     assert (out[0][inside] - expected[inside])[valid].abs().max() < 0.02
-    if angle == 0:  # crop and flips only: no nearest step on the CPU, so (almost) exact
+    if angle == 0:  # crop and flips only: no nearest step in the reference, so (almost) exact
         assert (out[0][inside] - expected[inside]).abs().max() < 1e-5
 
 
@@ -496,7 +496,7 @@ def test_shift_config_runs_on_a_batch_and_uses_every_op():
 
 
 @pytest.mark.parametrize("cache_size", [32, 48])
-def test_eval_mode_equals_the_cpu_eval_transform(cache_size):
+def test_eval_mode_equals_the_reference_eval_transform(cache_size):
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(4, 2, cache_size, cache_size, generator=generator)
     masks = (torch.rand(4, 1, cache_size, cache_size, generator=generator) > 0.5).to(torch.uint8)

@@ -142,7 +142,7 @@ class BatchAugment(nn.Module):
             config = replace(config, gamma_p=1.0, noise_p=1.0)
         self.config, self.size, self.kind = config, size, kind
         c = config
-        # Ops the config removes altogether, exactly as transforms.py drops them.
+        # Ops the config removes altogether (as the reference pipeline leaves them out).
         self._has_affine = c.rotate_degrees > 0 or c.translate > 0 or c.scale != (1.0, 1.0)
         self._identity_geometry = (
             c.crop_scale == (1.0, 1.0)
@@ -157,7 +157,9 @@ class BatchAugment(nn.Module):
         self._has_blur = c.blur_p > 0
         self._has_lowres = c.lowres_p > 0
         self._has_noise = c.noise_p > 0 and c.noise_std > 0
-        self.blur_kernel_size = 2 * math.ceil(2 * c.blur_sigma[1]) + 1  # as transforms.py
+        self.blur_kernel_size = (
+            2 * math.ceil(2 * c.blur_sigma[1]) + 1
+        )  # as v2.GaussianBlur's in the reference
         self.bias_terms = (c.bias_field_degree + 1) * (c.bias_field_degree + 2) // 2
 
     def extra_repr(self) -> str:
@@ -227,7 +229,7 @@ class BatchAugment(nn.Module):
         draws the pixel noise."""
         images, masks = _validated(images, masks)
         if self._identity_geometry and tuple(images.shape[-2:]) == (self.size, self.size):
-            # Whole-image crop, no flip, no affine: the CPU path returns the pixels unchanged.
+            # Whole-image crop, no flip or turn, no affine: the pixels are returned unchanged.
             out, masks = images, None if masks is None else masks.to(torch.uint8)
         else:
             grid = geometry_grid(params, images.shape[-2:], self.size)
@@ -277,7 +279,7 @@ def build_batch_augment(kind: str, size: int, config: AugmentConfig | None = Non
 
 def geometry_grid(params: AugmentParams, in_size: tuple[int, int], size: int) -> torch.Tensor:
     """The ``grid_sample`` grid (B, S, S, 2) of crop -> flips -> rot90 -> affine, one map per
-    sample. Output pixels that the CPU affine fills with 0 (their source lies outside the crop)
+    sample. Output pixels that torchvision's affine fills with 0 (their source lies outside the crop)
     are sent far outside the image, so ``grid_sample``'s zero padding fills them.
 
     Coordinates are ``align_corners=False`` normalised ([-1, 1] spans pixel edges). The affine
