@@ -3,7 +3,10 @@
 * ``cpu_per_sample``: ``SliceDataset`` + ``build_transform('train')`` through a DataLoader
   with the training commands' default number of workers (``default_workers(-1)``);
 * ``batched_cpu`` / ``batched_cuda``: ``DeviceSliceLoader`` with ``BatchAugment('train')``, the
-  whole set on that device (CUDA timings end with a synchronisation).
+  whole set on that device (CUDA timings end with a synchronisation);
+* ``per_slice_ms``: one ``build_transform('train')`` call on one slice in this process (what a
+  DataLoader worker does per slice), median over ``--repeats`` rounds, for the standard
+  config and for ``SHIFT_CONFIG``; ``--per_slice_only`` measures just this.
 
 The slices are synthetic (``mritumor.data.synthetic.render_slice``, a few distinct ones tiled),
 so the benchmark needs no data set: augmentation cost does not depend on the content.
@@ -31,7 +34,7 @@ from mritumor.data.datasets import SliceDataset
 from mritumor.data.device_data import DeviceSliceLoader
 from mritumor.data.labels import LabelSpace
 from mritumor.data.synthetic import render_slice
-from mritumor.data.transforms import build_transform
+from mritumor.data.transforms import SHIFT_CONFIG, build_transform
 from mritumor.training import default_workers
 
 
@@ -65,6 +68,20 @@ def slices_per_s(loader, synchronise=lambda: None) -> float:
     return delivered / (time.perf_counter() - started)
 
 
+def per_slice_ms(transform, image, mask, calls: int, repeats: int) -> float:
+    """Median over ``repeats`` rounds of the mean time of one call, in milliseconds."""
+    torch.manual_seed(0)
+    for _ in range(5):  # warm-up: first-call allocations
+        transform(image, mask)
+    rounds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(calls):
+            transform(image, mask)
+        rounds.append((time.perf_counter() - started) / calls * 1e3)
+    return round(float(np.median(rounds)), 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--image_size", type=int, default=224)
@@ -72,6 +89,9 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=512, help="slices per timed epoch")
     parser.add_argument("--num_workers", type=int, default=-1, help="-1: training default")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--per_slice_only", action="store_true", help="only per_slice_ms")
+    parser.add_argument("--calls", type=int, default=100, help="per-slice calls per round")
+    parser.add_argument("--repeats", type=int, default=5, help="per-slice rounds")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -81,6 +101,17 @@ def main() -> None:
     labels = LabelSpace.from_table(cache.catalog.table)
     rows = np.arange(args.slices)
     result = {"benchmark": "augment", "image_size": size, "batch_size": args.batch_size}
+    image = torch.from_numpy(cache.images[0].astype(np.float32))
+    mask = torch.from_numpy(cache.masks[0])
+    for name, config in (("standard", None), ("shift", SHIFT_CONFIG)):
+        transform = build_transform("train", size, config)
+        result[f"per_slice_ms_{name}"] = per_slice_ms(
+            transform, image, mask, args.calls, args.repeats
+        )
+    if args.per_slice_only:
+        result["torch_threads"] = torch.get_num_threads()
+        print(json.dumps(result))
+        return
 
     dataset = SliceDataset(cache, rows, labels, build_transform("train", size))
     loader = DataLoader(dataset, args.batch_size, shuffle=True, num_workers=workers)

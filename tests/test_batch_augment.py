@@ -1,4 +1,8 @@
-"""The batched, device-side augmentation and loaders against the per-sample CPU path.
+"""The batched, device-side augmentation and loaders against the torchvision/MONAI reference.
+
+The reference (``augment_reference.py``) is the per-sample pipeline assembled from library ops,
+an implementation independent of ``BatchAugment`` (which ``mritumor.data.transforms`` now wraps,
+so comparing with ``build_transform`` would compare BatchAugment with itself).
 
 Distribution tests draw N = 400 augmentations of one fixed phantom with each path and compare
 per-sample statistics. Continuous statistics: two-sample Kolmogorov-Smirnov test at
@@ -26,6 +30,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from augment_reference import ReferenceAugment, down_up, reference_transform
 from mritumor.data import batch_augment as ba
 from mritumor.data import device_data as dd
 from mritumor.data.batch_augment import AugmentParams, BatchAugment, build_batch_augment
@@ -34,7 +39,7 @@ from mritumor.data.catalog import Catalog
 from mritumor.data.datasets import SliceDataset
 from mritumor.data.device_data import DevicePairLoader, DeviceSliceLoader, fits_on_device
 from mritumor.data.labels import LabelSpace
-from mritumor.data.transforms import SSL_CONFIG, AugmentConfig, MRIAugment, build_transform
+from mritumor.data.transforms import SHIFT_CONFIG, SSL_CONFIG, AugmentConfig
 
 N = 400
 SIZE = 40
@@ -93,8 +98,8 @@ def texture_phantom(size: int = SIZE) -> torch.Tensor:
     return (0.5 + 0.2 * torch.sin(25 * x) * torch.cos(19 * y) + 0.1 * x * y)[None]
 
 
-def cpu_draws(config, image, mask=None, kind="train", n=N, seed=0):
-    transform = build_transform(kind, image.shape[-1], config)
+def reference_draws(config, image, mask=None, kind="train", n=N, seed=0):
+    transform = reference_transform(kind, image.shape[-1], config)
     torch.manual_seed(seed)
     pairs = [transform(image, mask) for _ in range(n)]
     masks = torch.stack([m for _, m in pairs]) if mask is not None else None
@@ -170,17 +175,17 @@ def compare(first: dict, second: dict) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def head_cpu():
+def head_reference():
     image, mask = head_phantom()
-    images, masks = cpu_draws(AugmentConfig(), image, mask)
+    images, masks = reference_draws(AugmentConfig(), image, mask)
     return image, mask, geometry_stats(images, masks, mask)
 
 
-def test_full_pipeline_matches_cpu_distribution(head_cpu):
-    image, mask, cpu = head_cpu
+def test_full_pipeline_matches_reference_distribution(head_reference):
+    image, mask, expected = head_reference
     images, masks = batch_draws(AugmentConfig(), image, mask)
     batched = geometry_stats(images, masks, mask)
-    assert compare(cpu, batched) == {}
+    assert compare(expected, batched) == {}
     assert 0.3 < batched["flipped"].double().mean() < 0.7  # the check has something to see
 
 
@@ -192,10 +197,10 @@ def test_full_pipeline_matches_cpu_distribution(head_cpu):
         (dict(rotate_degrees=30.0, translate=0.15), "com_shift"),
     ],
 )
-def test_full_pipeline_comparison_detects_a_wrong_config(head_cpu, wrong, detected):
-    image, mask, cpu = head_cpu
+def test_full_pipeline_comparison_detects_a_wrong_config(head_reference, wrong, detected):
+    image, mask, expected = head_reference
     images, masks = batch_draws(replace(AugmentConfig(), **wrong), image, mask)
-    assert detected in compare(cpu, geometry_stats(images, masks, mask))
+    assert detected in compare(expected, geometry_stats(images, masks, mask))
 
 
 INTENSITY_CASES = {
@@ -203,24 +208,38 @@ INTENSITY_CASES = {
     "noise": only(noise_p=0.5),
     "blur": only(blur_p=0.5),
     "bias_field": only(bias_field_p=0.5),
+    "lowres": only(lowres_p=0.5),
 }
 WRONG_INTENSITY = {
     "gamma": dict(gamma=(1.2, 2.0)),
     "noise": dict(noise_std=0.04),
     "blur": dict(blur_sigma=(0.5, 1.0)),
     "bias_field": dict(bias_field_coeff=(-0.2, 0.2)),
+    "lowres": dict(lowres_scale=(0.5, 1.0)),
 }
 
 
 @pytest.mark.parametrize("op", sorted(INTENSITY_CASES))
-def test_each_intensity_op_alone_matches_cpu_distribution(op):
+def test_each_intensity_op_alone_matches_reference_distribution(op):
     config, image = INTENSITY_CASES[op], texture_phantom()
-    cpu = intensity_stats(cpu_draws(config, image, n=300)[0], image)
+    expected = intensity_stats(reference_draws(config, image, n=300)[0], image)
     batched = intensity_stats(batch_draws(config, image, n=300)[0], image)
-    assert compare(cpu, batched) == {}
+    assert compare(expected, batched) == {}
     assert (batched["change_abs"] > 1e-4).double().mean() > 0.3  # the op did act
     wrong = intensity_stats(batch_draws(replace(config, **WRONG_INTENSITY[op]), image)[0], image)
-    assert compare(cpu, wrong), f"a wrong {op} config went unnoticed"
+    assert compare(expected, wrong), f"a wrong {op} config went unnoticed"
+
+
+def test_shift_config_matches_reference_distribution():
+    image, mask = head_phantom()
+    reference = reference_draws(SHIFT_CONFIG, image, mask)
+    batched = batch_draws(SHIFT_CONFIG, image, mask)
+    reference_stats = {**geometry_stats(*reference, mask), **intensity_stats(reference[0], image)}
+    batched_stats = {**geometry_stats(*batched, mask), **intensity_stats(batched[0], image)}
+    assert compare(reference_stats, batched_stats) == {}
+    # Negative control: without the 90-degree rotations the tumour's height is another law.
+    unrotated = batch_draws(replace(SHIFT_CONFIG, rot90_p=0.0), image, mask)
+    assert "com_y" in compare(geometry_stats(*reference, mask), geometry_stats(*unrotated, mask))
 
 
 # ------------------------------------------------------------------ exact parametrisation
@@ -248,8 +267,8 @@ def test_crop_sampler_reproduces_random_resized_crop_distribution():
     assert fallback.tolist() == [expected] * 5
 
 
-def _cpu_geometry(image, mask, crop, hflip, vflip, angle, translate, scale):
-    """The CPU chain with explicit parameters (nearest affine, as v2.RandomAffine). Output
+def _reference_geometry(image, mask, crop, hflip, vflip, angle, translate, scale):
+    """The reference's torchvision chain with explicit parameters (nearest affine, as v2.RandomAffine). Output
     size = input size, as for cached slices: crops are upsampled, so antialiasing (which
     grid_sample lacks) plays no part."""
     size = [image.shape[-1]] * 2
@@ -272,12 +291,12 @@ GEOMETRY_CASES = [
 
 
 @pytest.mark.parametrize("case", GEOMETRY_CASES)
-def test_composed_matrix_equals_the_cpu_geometry_chain(case):
+def test_composed_matrix_equals_the_reference_geometry_chain(case):
     crop, hflip, vflip, angle, translate, scale = case
     y, x = _pixel_grid(48)
     image = (0.5 + 0.3 * torch.sin(2.5 * x + 0.5) * torch.cos(1.7 * y - 0.3) + 0.15 * x)[None]
     mask = ((x - 0.3) ** 2 + (y + 0.2) ** 2 < 0.15).to(torch.uint8)[None]
-    expected, expected_mask = _cpu_geometry(image, mask, *case)
+    expected, expected_mask = _reference_geometry(image, mask, *case)
     params = AugmentParams(
         torch.tensor([crop], dtype=torch.float32),
         torch.tensor([hflip]),
@@ -287,15 +306,15 @@ def test_composed_matrix_equals_the_cpu_geometry_chain(case):
         torch.tensor([scale]),
     )
     out, out_mask = BatchAugment(AugmentConfig(), 48).apply(image[None], mask[None], params)
-    # Zero fill exactly where the CPU affine fills; masks agree but for edge pixels.
+    # Zero fill exactly where torchvision's affine fills; masks agree but for edge pixels.
     assert torch.equal(out[0] == 0, expected == 0)
     assert (out_mask[0] != expected_mask).double().mean() < 0.02
-    # Inside (away from the crop border) the values agree to the CPU's nearest-neighbour
+    # Inside (away from the crop border) the values agree to the reference's nearest-neighbour
     # snapping of the affine: half a pixel of this image's gradient (~0.016).
     inside = (slice(None), slice(2, -2), slice(2, -2))
     valid = expected[inside] > 0
     assert (out[0][inside] - expected[inside])[valid].abs().max() < 0.02
-    if angle == 0:  # crop and flips only: no nearest step on the CPU, so (almost) exact
+    if angle == 0:  # crop and flips only: no nearest step in the reference, so (almost) exact
         assert (out[0][inside] - expected[inside]).abs().max() < 1e-5
 
 
@@ -317,6 +336,114 @@ def test_intensity_ops_equal_monai_and_torchvision_for_given_parameters():
         assert torch.allclose(adjusted[b], monai_gamma, atol=1e-6)
         reference = TF.gaussian_blur(images[b], [5, 5], [float(sigma[b])] * 2)
         assert torch.allclose(blurred[b], reference, atol=1e-6)
+        # A batch of one takes the shifted-sum path (the per-sample wrapper's): same pixels.
+        alone = ba.gaussian_blur(images[b : b + 1], ba.gaussian_kernels(sigma[b : b + 1], 5))
+        assert torch.allclose(alone[0], reference, atol=1e-6)
+
+
+def _params(batch: int, size: int, **fields) -> AugmentParams:
+    """Identity geometry for ``batch`` samples of ``size``, with ``fields`` replaced."""
+    zeros = torch.zeros(batch)
+    crop = torch.tensor([[0.0, 0.0, size, size]]).repeat(batch, 1)
+    params = AugmentParams(
+        crop, zeros.bool(), zeros.bool(), zeros, torch.zeros(batch, 2), zeros + 1
+    )
+    for name, value in fields.items():
+        setattr(params, name, value)
+    return params
+
+
+def test_quarter_turns_equal_torch_rot90_after_the_flips():
+    generator = torch.Generator().manual_seed(4)
+    images = torch.rand(8, 2, 40, 40, generator=generator)
+    masks = (torch.rand(8, 1, 40, 40, generator=generator) > 0.5).to(torch.uint8)
+    turns = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    hflip = torch.tensor([False] * 4 + [True] * 4)
+    params = _params(8, 40, rot90=turns, hflip=hflip)
+    out, out_masks = BatchAugment(only(rot90_p=1.0), 40).apply(images, masks, params)
+    for b in range(8):
+        image, mask = (images[b].flip(-1), masks[b].flip(-1)) if hflip[b] else (images[b], masks[b])
+        k = int(turns[b])
+        assert torch.allclose(out[b], torch.rot90(image, k, dims=(-2, -1)), atol=1e-5)
+        assert torch.equal(out_masks[b], torch.rot90(mask, k, dims=(-2, -1)))
+
+
+def test_rot90_sends_a_corner_blob_to_each_corner_with_the_right_frequencies():
+    image = torch.zeros(1, SIZE, SIZE)
+    image[:, 2:12, 3:11] = 0.9  # top left
+    mask = (image > 0).to(torch.uint8)
+    # Where each number of quarter turns puts the blob, from torch.rot90 itself.
+    corners = [
+        (torch.rot90(image, k, dims=(-2, -1))[0] > 0).nonzero().float().mean(0) > SIZE / 2
+        for k in range(4)
+    ]
+    assert len({tuple(c.tolist()) for c in corners}) == 4
+
+    def counts(rot90_p: float) -> np.ndarray:
+        images, masks = batch_draws(only(rot90_p=rot90_p), image, mask, n=1200)
+        tally = np.zeros(4)
+        for out, out_mask in zip(images, masks, strict=True):
+            pixels = (out[0] > 0.45).nonzero().float()
+            assert torch.equal((out_mask[0] == 1).nonzero().float(), pixels)  # the mask follows
+            side = pixels.mean(0) > SIZE / 2
+            tally[[k for k in range(4) if torch.equal(side, corners[k])]] += 1
+        assert tally.sum() == len(images)  # every blob landed in exactly one of the corners
+        return tally
+
+    expected = np.array([0.5, 1 / 6, 1 / 6, 1 / 6]) * 1200  # unrotated, 90, 180, 270 degrees
+    assert stats.chisquare(counts(0.5), expected).pvalue > 1e-3
+    # Negative control: turns uniform over all four (rot90_p = 0.75) is told apart.
+    assert stats.chisquare(counts(0.75), expected).pvalue < 1e-3
+
+
+def test_low_resolution_equals_interpolate_down_then_up():
+    generator = torch.Generator().manual_seed(5)
+    images = torch.rand(7, 2, 40, 40, generator=generator)
+    factor = torch.tensor([0.25, 0.4, 0.5, 0.62, 0.75, 1.0, 0.3])
+    on = torch.tensor([True] * 6 + [False])
+    out = ba.low_resolution(images, ba.lowres_matrices(factor, on, 40))
+    for b in range(6):
+        assert torch.allclose(out[b], down_up(images[b], float(factor[b])), atol=1e-5)
+    assert torch.equal(out[6], images[6])  # off: exactly unchanged
+    assert not torch.allclose(out[0], images[0], atol=1e-2)
+
+
+@pytest.mark.parametrize("frequency", [1 / 16, 1 / 8])
+def test_low_resolution_attenuates_a_sinusoid_by_the_filters_response(frequency):
+    """At factor 1/2 each low-res pixel is the antialias triangle [1, 3, 3, 1] / 8 of four
+    pixels and each output pixel 3/4 + 1/4 of its two nearest low-res pixels: both have the
+    response H(v) = (3 cos(pi v) + cos(3 pi v)) / 4 at v cycles per pixel, so a sinusoid below
+    the low-res Nyquist frequency keeps H(v)^2 of its amplitude (H^4 of its energy), away from
+    the borders (the interior, 8 px in from each side, spans whole periods of it and of its
+    image at 1/2 - v)."""
+    size, phase = 128, 0.3
+    columns = torch.arange(size, dtype=torch.float64)
+    wave = torch.cos(2 * np.pi * frequency * columns + phase)
+    image = (0.5 + 0.3 * wave).float().expand(size, size)[None, None]
+    matrices = ba.lowres_matrices(torch.tensor([0.5]), torch.tensor([True]), size)
+    out = ba.low_resolution(image, matrices)[0, 0].double() - 0.5
+    inside = slice(8, size - 8)
+    amplitude = out[:, inside] @ wave[inside] / (wave[inside] @ wave[inside]) / 0.3
+    response = (3 * np.cos(np.pi * frequency) + np.cos(3 * np.pi * frequency)) / 4
+    assert torch.allclose(amplitude, torch.full_like(amplitude, response**2), atol=1e-4)
+
+
+def test_low_resolution_removes_the_high_frequencies_and_leaves_masks_alone():
+    generator = torch.Generator().manual_seed(6)
+    noise = 0.5 + 0.1 * torch.randn(64, 1, 64, 64, generator=generator)
+    masks = (torch.rand(64, 1, 64, 64, generator=generator) > 0.5).to(torch.uint8)
+    augment = BatchAugment(only(lowres_p=1.0, lowres_scale=(0.5, 0.5)), 64)
+    out, out_masks = augment(noise, masks, generator=generator)
+    assert torch.equal(out_masks, masks)
+
+    def high_share(images: torch.Tensor) -> float:
+        power = torch.fft.fft2(images - images.mean(dim=(-2, -1), keepdim=True)).abs() ** 2
+        frequency = torch.fft.fftfreq(64).abs()
+        high = (frequency[:, None] > 0.25) | (frequency[None, :] > 0.25)  # beyond 32 px Nyquist
+        return float((power * high).sum() / power.sum())
+
+    assert abs(high_share(noise) - 0.75) < 0.02  # white noise: the share of the band's area
+    assert high_share(out) < 0.05
 
 
 # ------------------------------------------------------------------ behaviour
@@ -351,16 +478,30 @@ def test_outputs_shape_dtype_range_and_reproducibility():
     other, _ = augment(images, masks, generator=torch.Generator().manual_seed(6))
     assert not torch.equal(out, other)
     assert augment(images, None)[1] is None
-    assert augment.config == MRIAugment(24, SSL_CONFIG, "ssl").config  # gamma, noise always on
+    assert augment.config == ReferenceAugment(24, SSL_CONFIG, "ssl").config  # gamma, noise on
+
+
+def test_shift_config_runs_on_a_batch_and_uses_every_op():
+    image, mask = head_phantom()
+    images, masks = image[None].repeat(16, 1, 1, 1), mask[None].repeat(16, 1, 1, 1)
+    augment = BatchAugment(SHIFT_CONFIG, 32)
+    params = augment.sample_params(16, (SIZE, SIZE), "cpu", torch.Generator().manual_seed(2))
+    for name in ("rot90", "lowres_factor", "bias_coeff", "gamma", "blur_sigma", "noise_std"):
+        assert getattr(params, name) is not None, name
+    out, out_masks = augment.apply(images, masks, params)
+    assert out.shape == (16, 1, 32, 32) and out.dtype == torch.float32
+    assert out_masks.shape == (16, 1, 32, 32) and set(out_masks.unique().tolist()) <= {0, 1}
+    assert 0 <= out.min() and out.max() <= 1 and torch.isfinite(out).all()
+    assert len({tuple(row) for row in out.flatten(1).tolist()}) == 16  # 16 different draws
 
 
 @pytest.mark.parametrize("cache_size", [32, 48])
-def test_eval_mode_equals_the_cpu_eval_transform(cache_size):
+def test_eval_mode_equals_the_reference_eval_transform(cache_size):
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(4, 2, cache_size, cache_size, generator=generator)
     masks = (torch.rand(4, 1, cache_size, cache_size, generator=generator) > 0.5).to(torch.uint8)
     out, out_masks = build_batch_augment("eval", 32)(images, masks)
-    reference = build_transform("eval", 32)
+    reference = reference_transform("eval", 32)
     for b in range(4):
         expected, expected_mask = reference(images[b], masks[b])
         assert torch.allclose(out[b], expected, atol=1e-6)
@@ -389,6 +530,8 @@ BATCH_PATH = [
     ba.adjust_gamma,
     ba.gaussian_kernels,
     ba.gaussian_blur,
+    ba.lowres_matrices,
+    ba.low_resolution,
     dd._DeviceBatches._index_batches,
     dd._DeviceBatches.__iter__,
     DeviceSliceLoader._batches,
@@ -414,6 +557,10 @@ def test_batch_path_runs_on_the_meta_device():
     for kind in ("train", "ssl", "eval"):
         out, out_masks = BatchAugment(None, 32, kind)(images, masks)
         assert out.shape == (4, 1, 32, 32) and out_masks.dtype == torch.uint8
+    for n in (4, 1):  # rot90 and lowres too; a batch of one blurs by shifted sums
+        augment = BatchAugment(replace(SHIFT_CONFIG, blur_p=1.0), 32)
+        out, out_masks = augment(images[:n], masks[:n])
+        assert out.shape == (n, 1, 32, 32) and out_masks.dtype == torch.uint8
     loader = DeviceSliceLoader(
         images.half(),
         masks,
@@ -443,13 +590,24 @@ def test_no_synchronisation_on_cuda():
         device="cuda",
     )
     pairs = DevicePairLoader(images, BatchAugment(None, 48, "ssl"), batch_size=16, device="cuda")
-    list(loader), list(pairs)  # warm-up (lazy CUDA initialisation may synchronise)
+    shifted = DeviceSliceLoader(
+        images,
+        masks,
+        torch.zeros(64),
+        torch.zeros(64),
+        batch_size=16,
+        augment=BatchAugment(SHIFT_CONFIG, 48),  # rot90 and lowres too
+        device="cuda",
+    )
+    list(loader), list(pairs), list(shifted)  # warm-up (lazy CUDA initialisation may sync)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in loader:
             pass
         for _ in pairs:
+            pass
+        for _ in shifted:
             pass
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -8,7 +8,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mritumor.data.transforms import SSL_CONFIG, AugmentConfig, MRIAugment, build_transform
+from mritumor.data.batch_augment import BatchAugment
+from mritumor.data.transforms import (
+    SHIFT_CONFIG,
+    SSL_CONFIG,
+    AugmentConfig,
+    MRIAugment,
+    build_transform,
+)
 
 SIZE = 64
 
@@ -169,20 +176,38 @@ def test_same_seed_same_output_different_seed_different_output(kind: str) -> Non
 
 
 @pytest.mark.parametrize(
-    "monai_only",
+    "one_op",
     [
-        {"bias_field_p": 1.0, "gamma": (1.0, 1.0)},  # MONAI RandBiasField alone
-        {"gamma_p": 1.0, "bias_field_p": 0.0},  # MONAI RandAdjustContrast alone
+        {"bias_field_p": 1.0, "gamma": (1.0, 1.0)},  # bias field alone
+        {"gamma_p": 1.0, "bias_field_p": 0.0},  # gamma alone
+        {"lowres_p": 1.0, "bias_field_p": 0.0, "gamma": (1.0, 1.0)},  # low resolution alone
     ],
-    ids=["bias_field", "gamma"],
+    ids=["bias_field", "gamma", "lowres"],
 )
-def test_monai_ops_follow_torch_seed(monai_only: dict) -> None:
-    # MONAI has its own numpy RNG; without re-seeding from torch these would not repeat.
-    config = replace(NO_GEOMETRY, noise_std=0.0, blur_p=0.0, **monai_only)
+def test_intensity_ops_follow_torch_seed(one_op: dict) -> None:
+    # Ops with their own random state (MONAI's numpy RNG, in the pipeline this wrapper replaced)
+    # would not repeat under torch.manual_seed, nor change from call to call once re-seeded.
+    config = replace(NO_GEOMETRY, noise_std=0.0, blur_p=0.0, **one_op)
     image, mask = brain_like_slice(1)
     first = run_with_seed(MRIAugment(SIZE, config), 5, image, mask)
     assert_same_runs(first, run_with_seed(MRIAugment(SIZE, config), 5, image, mask))
     assert not torch.equal(first[0][0], first[1][0])  # the field is random from call to call
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_per_sample_transform_is_batch_augment_on_a_batch_of_one(with_mask: bool) -> None:
+    # Same global seed, same draws: one implementation, and --resume / EpochSeeding (which seed
+    # torch's global RNG) reproduce DataLoader workers exactly.
+    image, mask = brain_like_slice(2)
+    mask = mask if with_mask else None
+    for config in (AugmentConfig(), SHIFT_CONFIG):
+        torch.manual_seed(7)
+        out_image, out_mask = MRIAugment(SIZE, config)(image, mask)
+        torch.manual_seed(7)
+        batch_mask = None if mask is None else mask[None]
+        images, masks = BatchAugment(config, SIZE)(image[None], batch_mask)
+        assert torch.equal(out_image, images[0])
+        assert (out_mask is None) if mask is None else torch.equal(out_mask, masks[0])
 
 
 def test_transform_survives_pickling_for_dataloader_workers() -> None:
@@ -268,6 +293,39 @@ def test_ssl_always_changes_intensity_even_without_geometry() -> None:
         assert not torch.allclose(transform(image)[0], image, atol=1e-3)
 
 
+def test_rot90_moves_a_corner_blob_to_another_corner_and_the_mask_follows() -> None:
+    image = torch.zeros(1, SIZE, SIZE)
+    image[:, 2:14, 3:12] = 0.8  # top left
+    mask = (image > 0).to(torch.uint8)
+    turned = [torch.rot90(image, k, dims=(-2, -1)) for k in (1, 2, 3)]
+    transform = MRIAugment(SIZE, replace(NOTHING, rot90_p=1.0))
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(30):
+        out_image, out_mask = transform(image, mask)
+        k = [i for i, t in enumerate(turned) if torch.allclose(out_image, t, atol=1e-5)]
+        assert len(k) == 1  # exactly one of the three other corners, never the original
+        assert torch.equal(out_mask, torch.rot90(mask, k[0] + 1, dims=(-2, -1)))
+        seen.add(k[0])
+    assert seen == {0, 1, 2}
+
+
+def test_shift_config_is_stronger_than_train_and_runs() -> None:
+    train = AugmentConfig()
+    assert SHIFT_CONFIG.rot90_p > 0 and SHIFT_CONFIG.vflip_p > 0 and SHIFT_CONFIG.lowres_p > 0
+    assert SHIFT_CONFIG.gamma[0] < train.gamma[0] and SHIFT_CONFIG.gamma[1] > train.gamma[1]
+    assert SHIFT_CONFIG.noise_std > train.noise_std and SHIFT_CONFIG.blur_p > train.blur_p
+    assert SHIFT_CONFIG.crop_scale == train.crop_scale  # crop and affine as for training
+    image, mask = brain_like_slice(1)
+    transform = build_transform("train", SIZE, SHIFT_CONFIG)
+    torch.manual_seed(0)
+    outputs = [transform(image, mask) for _ in range(8)]
+    for out_image, out_mask in outputs:
+        assert out_image.shape == (1, SIZE, SIZE) and out_mask.dtype == torch.uint8
+        assert 0 <= out_image.min() and out_image.max() <= 1
+    assert not torch.equal(outputs[0][0], outputs[1][0])
+
+
 def test_ssl_default_config_is_stronger_than_train() -> None:
     assert SSL_CONFIG.crop_scale[0] < AugmentConfig().crop_scale[0]
     assert build_transform("ssl", SIZE).config.crop_scale == SSL_CONFIG.crop_scale
@@ -284,7 +342,17 @@ def test_unknown_kind_raises() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"hflip_p": 1.5}, {"crop_scale": (0.9, 0.5)}, {"noise_std": -0.1}, {"crop_scale": (0.5, 2)}],
+    [
+        {"hflip_p": 1.5},
+        {"crop_scale": (0.9, 0.5)},
+        {"noise_std": -0.1},
+        {"crop_scale": (0.5, 2)},
+        {"rot90_p": 1.1},
+        {"lowres_p": -0.1},
+        {"lowres_scale": (0.0, 0.5)},
+        {"lowres_scale": (0.6, 0.4)},
+        {"lowres_scale": (0.5, 1.5)},
+    ],
 )
 def test_invalid_config_raises(bad: dict) -> None:
     with pytest.raises(ValueError):

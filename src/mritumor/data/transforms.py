@@ -4,39 +4,39 @@ Inputs are a float image tensor ``(C, H, W)`` with values in [0, 1] (C = 1, or o
 MRI sequence) and an optional uint8 mask ``(1, H, W)`` with values {0, 1}. Outputs are a float32
 image ``(C, S, S)`` clipped to [0, 1] and a uint8 mask ``(1, S, S)`` (or ``None``).
 
-Everything is assembled from library transforms:
+There is one implementation of the ops: :class:`mritumor.data.batch_augment.BatchAugment`.
+``MRIAugment`` (what DataLoader workers call per slice) runs it on a batch of one, and
+``EvalTransform`` runs its eval resize. Per slice this is also faster than the torchvision v2 +
+MONAI pipeline it replaces (one composed resampling instead of two, no MetaTensor wrapping);
+that pipeline is kept in ``tests/augment_reference.py`` as the independent reference which
+``tests/test_batch_augment.py`` compares ``BatchAugment`` with.
 
-* geometry (torchvision.transforms.v2, applied once to a ``tv_tensors.Image`` and a
-  ``tv_tensors.Mask`` together, so both get the *same* random parameters; masks are resampled
-  nearest-neighbour, so they stay binary): RandomResizedCrop -> RandomHorizontalFlip ->
-  RandomVerticalFlip -> RandomAffine (small rotation / translation / scale). The crop is
-  subclassed only to resample the mask with pixel-centre nearest (see
-  ``_AlignedRandomResizedCrop``);
-* intensity (image only): MONAI RandBiasField (MRI coil inhomogeneity) -> MONAI
-  RandAdjustContrast (gamma; it works on the min-max range, so the black background stays black)
-  -> v2 GaussianBlur -> v2 GaussianNoise. There is deliberately no colour jitter: hue and
-  saturation mean nothing for MRI sequences.
+* geometry (the same map for image and mask; masks resampled nearest, so they stay binary):
+  random resized crop -> horizontal / vertical flips -> rotation by a multiple of 90 degrees ->
+  small affine (rotation / translation / scale), composed into one resampling;
+* intensity (image only): bias field (MRI coil inhomogeneity) -> gamma on the min-max range (so
+  the black background stays black) -> Gaussian blur -> simulated low resolution -> Gaussian
+  noise. There is deliberately no colour jitter: hue and saturation mean nothing for MRI.
 
-Reproducibility: torchvision v2 draws from torch's global RNG. MONAI draws from its own numpy
-``RandomState``; ``MRIAugment`` shares one such state between its MONAI transforms and re-seeds it
-on every call from ``torch.randint``. So the whole pipeline is a function of torch's global RNG:
-``torch.manual_seed`` (or DataLoader worker seeding, which seeds torch in each worker) makes runs
+Reproducibility: every random number is drawn from torch's global RNG, so ``torch.manual_seed``
+(or DataLoader worker seeding, which seeds torch in each worker; or EpochSeeding) makes runs
 reproducible. All callables returned here are picklable, so they work with DataLoader workers.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
-import numpy as np
 import torch
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
-__all__ = ["SSL_CONFIG", "AugmentConfig", "EvalTransform", "MRIAugment", "build_transform"]
+__all__ = [
+    "SHIFT_CONFIG",
+    "SSL_CONFIG",
+    "AugmentConfig",
+    "EvalTransform",
+    "MRIAugment",
+    "build_transform",
+]
 
 STRENGTHS = ("train", "ssl")
 KINDS = ("train", "ssl", "eval")
@@ -71,14 +71,26 @@ class AugmentConfig:
     # field darkens as often as it brightens; (-0.1, 0.1) gives ~0.85-1.2x inside the brain.
     bias_field_coeff: tuple[float, float] = (-0.1, 0.1)
     bias_field_degree: int = 3
+    # Rotation by a random multiple of 90 degrees: with probability rot90_p by 90, 180 or 270
+    # (uniform), after the flips. Off for axial slices; sagittal and coronal slices (or another
+    # scanner's orientation convention) show the head sideways or upside down.
+    rot90_p: float = 0.0
+    # Simulated low resolution (thick slices, small matrix): with probability lowres_p the image
+    # is downsampled by a factor uniform in lowres_scale (bilinear + antialias) and upsampled
+    # back (bilinear), as a low-resolution scan looks after the cache's resize.
+    lowres_p: float = 0.0
+    lowres_scale: tuple[float, float] = (0.25, 0.75)
 
     def __post_init__(self) -> None:
-        for name in ("hflip_p", "vflip_p", "gamma_p", "noise_p", "blur_p", "bias_field_p"):
+        probabilities = ("hflip_p", "vflip_p", "rot90_p", "gamma_p", "noise_p", "blur_p")
+        for name in (*probabilities, "bias_field_p", "lowres_p"):
             _check(0.0 <= getattr(self, name) <= 1.0, f"{name} must lie in [0, 1]")
-        for name in ("crop_scale", "crop_ratio", "scale", "gamma", "blur_sigma"):
+        ranges = ("crop_scale", "crop_ratio", "scale", "gamma", "blur_sigma", "lowres_scale")
+        for name in ranges:
             low, high = getattr(self, name)
             _check(0.0 < low <= high, f"{name} must be an increasing range of positive numbers")
         _check(self.crop_scale[1] <= 1.0, "crop_scale cannot exceed 1 (the whole image)")
+        _check(self.lowres_scale[1] <= 1.0, "lowres_scale cannot exceed 1 (that would upsample)")
         _check(self.bias_field_coeff[0] <= self.bias_field_coeff[1], "bias_field_coeff: low > high")
         _check(0.0 <= self.translate <= 1.0, "translate must lie in [0, 1]")
         _check(self.rotate_degrees >= 0.0, "rotate_degrees must be >= 0")
@@ -105,6 +117,25 @@ SSL_CONFIG = AugmentConfig(
 )
 
 
+# For robustness to other scanners and planes (issue 17, ``--augment shift``): the crop and the
+# affine of AugmentConfig, plus every orientation of the dihedral group (flips and 90-degree
+# rotations: sagittal and coronal slices, other orientation conventions), stronger contrast
+# and coil-field changes, stronger blur, low resolution and more noise.
+SHIFT_CONFIG = AugmentConfig(
+    vflip_p=0.5,
+    rot90_p=0.5,
+    gamma=(0.5, 2.0),
+    gamma_p=0.8,
+    bias_field_p=0.5,
+    bias_field_coeff=(-0.3, 0.3),
+    blur_p=0.4,
+    blur_sigma=(0.1, 2.0),
+    lowres_p=0.4,
+    noise_p=0.5,
+    noise_std=0.05,
+)
+
+
 class MRIAugment:
     """Callable (image, mask|None) -> (image, mask|None); same geometry for both.
 
@@ -116,43 +147,23 @@ class MRIAugment:
     def __init__(
         self, image_size: int, config: AugmentConfig = AugmentConfig(), strength: str = "train"
     ) -> None:
+        # Imported here: batch_augment imports AugmentConfig from this module.
+        from mritumor.data.batch_augment import BatchAugment
+
         _check_image_size(image_size)
         _check(strength in STRENGTHS, f"strength must be one of {STRENGTHS}, got {strength!r}")
-        if strength == "ssl":
-            config = replace(config, gamma_p=1.0, noise_p=1.0)
+        self._batch = BatchAugment(config, image_size, kind=strength)
         self.image_size = image_size
-        self.config = config
+        self.config = self._batch.config  # for ssl: gamma_p and noise_p raised to 1
         self.strength = strength
-        self._geometry = _geometry_pipeline(image_size, config)
-        self._monai_ops = _monai_intensity_ops(config)
-        self._torch_ops = _torch_intensity_ops(config)
-        # One numpy RNG for all MONAI ops, re-seeded from torch on each call (see module doc).
-        self._numpy_rng = np.random.RandomState(0)
-        for op in self._monai_ops:
-            op.set_random_state(state=self._numpy_rng)
 
     def __call__(
         self, image: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         image, mask = _validated(image, mask)
-        image, mask = self._apply_geometry(image, mask)
-        image = self._apply_intensity(image)
-        return _clipped(image), mask
-
-    def _apply_geometry(
-        self, image: torch.Tensor, mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if mask is None:
-            return _plain(self._geometry(tv_tensors.Image(image))), None
-        image, mask = self._geometry(tv_tensors.Image(image), tv_tensors.Mask(mask))
-        return _plain(image), _plain(mask)
-
-    def _apply_intensity(self, image: torch.Tensor) -> torch.Tensor:
-        if self._monai_ops:
-            self._numpy_rng.seed(int(torch.randint(0, 2**32, (1,))))
-        for op in self._monai_ops:
-            image = _plain(op(image))
-        return self._torch_ops(image)
+        # generator=None: the global torch RNG (see the module doc).
+        images, masks = self._batch(image[None], None if mask is None else mask[None])
+        return images[0], None if masks is None else masks[0]
 
     def __repr__(self) -> str:
         return f"MRIAugment(image_size={self.image_size}, strength={self.strength!r})"
@@ -160,8 +171,8 @@ class MRIAugment:
 
 class EvalTransform:
     """Identity for evaluation: image as float32, mask as uint8. Only a slice that is not already
-    ``image_size`` square is resized (bilinear image, pixel-centre nearest mask: see
-    ``_AlignedRandomResizedCrop`` for why not v2.Resize's mask handling)."""
+    ``image_size`` square is resized (bilinear + antialias image, pixel-centre nearest mask:
+    ``nearest-exact`` lines up with the image, legacy ``nearest`` drifts by half a pixel)."""
 
     def __init__(self, image_size: int) -> None:
         _check_image_size(image_size)
@@ -170,14 +181,13 @@ class EvalTransform:
     def __call__(
         self, image: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from mritumor.data.batch_augment import resize_batch  # see MRIAugment.__init__
+
         image, mask = _validated(image, mask)
-        size = [self.image_size, self.image_size]
-        if list(image.shape[-2:]) == size:
-            return image, mask
-        image = F.resize(image, size, antialias=True)
-        if mask is not None:
-            mask = F.resize(mask, size, interpolation=v2.InterpolationMode.NEAREST_EXACT)
-        return image, mask
+        images, masks = resize_batch(
+            image[None], None if mask is None else mask[None], self.image_size
+        )
+        return images[0], None if masks is None else masks[0]
 
     def __repr__(self) -> str:
         return f"EvalTransform(image_size={self.image_size})"
@@ -202,94 +212,6 @@ def build_transform(
     if kind == "eval":
         return EvalTransform(image_size)
     raise ValueError(f"unknown transform kind {kind!r}; expected one of {KINDS}")
-
-
-class _AlignedRandomResizedCrop(v2.RandomResizedCrop):
-    """v2.RandomResizedCrop whose mask resampling lines up with the image.
-
-    The one hand-written piece, because neither library offers it: torchvision resizes masks with
-    legacy ``NEAREST`` (source pixel ``floor(dst * scale)``), whereas the image's bilinear resize
-    samples pixel centres; the mask then drifts by up to half a pixel from the image (IoU of a
-    mask-shaped image with its mask drops to ~0.93 at 64 px). ``NEAREST_EXACT`` uses pixel centres
-    like the image. Crop parameters are still drawn once by torchvision for image and mask alike.
-    """
-
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if not isinstance(inpt, tv_tensors.Mask):
-            return super().transform(inpt, params)
-        resized = F.resized_crop(
-            _plain(inpt),
-            **params,
-            size=self.size,
-            interpolation=v2.InterpolationMode.NEAREST_EXACT,
-        )
-        return tv_tensors.wrap(resized, like=inpt)
-
-
-def _geometry_pipeline(image_size: int, config: AugmentConfig) -> v2.Compose:
-    ops: list[v2.Transform] = [
-        _AlignedRandomResizedCrop(
-            (image_size, image_size),
-            scale=config.crop_scale,
-            ratio=config.crop_ratio,
-            antialias=True,
-        )
-    ]
-    if config.hflip_p > 0:
-        ops.append(v2.RandomHorizontalFlip(config.hflip_p))
-    if config.vflip_p > 0:
-        ops.append(v2.RandomVerticalFlip(config.vflip_p))
-    if _has_affine(config):
-        # Zero fill: MRI background is black, and for the mask it means "no tumour".
-        ops.append(
-            v2.RandomAffine(
-                degrees=config.rotate_degrees,
-                translate=(config.translate, config.translate) if config.translate else None,
-                scale=config.scale,
-                fill=0,
-            )
-        )
-    return v2.Compose(ops)
-
-
-def _has_affine(config: AugmentConfig) -> bool:
-    # Skipping an identity affine saves a resampling (the slowest op) and keeps pixels exact.
-    return config.rotate_degrees > 0 or config.translate > 0 or config.scale != (1.0, 1.0)
-
-
-def _monai_intensity_ops(config: AugmentConfig) -> list:
-    # Imported here, not at module level: importing MONAI costs seconds (its package import pulls
-    # in monai.apps/networks and torchvision.models), and the eval transform never needs it.
-    from monai.transforms import RandAdjustContrast, RandBiasField
-
-    ops: list[Any] = []
-    if config.bias_field_p > 0 and config.bias_field_coeff != (0.0, 0.0):
-        ops.append(
-            RandBiasField(
-                degree=config.bias_field_degree,
-                coeff_range=config.bias_field_coeff,
-                prob=config.bias_field_p,
-            )
-        )
-    if config.gamma_p > 0 and config.gamma != (1.0, 1.0):
-        ops.append(RandAdjustContrast(prob=config.gamma_p, gamma=config.gamma))
-    return ops
-
-
-def _torch_intensity_ops(config: AugmentConfig) -> v2.Transform:
-    ops: list[v2.Transform] = []
-    if config.blur_p > 0:
-        # Kernel covers +-2 sigma of the largest sigma (odd, as required): torchvision blurs with
-        # one 2-D conv, whose cost grows with the kernel area (k=11 costs ~4x k=5 on CPU), and
-        # the truncated (renormalised) tails do not matter for augmentation.
-        kernel_size = 2 * math.ceil(2 * config.blur_sigma[1]) + 1
-        blur = v2.GaussianBlur(kernel_size, sigma=config.blur_sigma)
-        ops.append(v2.RandomApply([blur], p=config.blur_p))
-    if config.noise_p > 0 and config.noise_std > 0:
-        # No clipping here: the final clip to [0, 1] covers every op at once.
-        noise = v2.GaussianNoise(sigma=config.noise_std, clip=False)
-        ops.append(v2.RandomApply([noise], p=config.noise_p))
-    return v2.Compose(ops) if ops else v2.Identity()  # Compose refuses an empty list
 
 
 def _check_image_size(image_size: int) -> None:
@@ -317,12 +239,3 @@ def _validated(
         f"got {getattr(mask, 'shape', type(mask))}",
     )
     return image, mask.to(torch.uint8)
-
-
-def _plain(tensor: torch.Tensor) -> torch.Tensor:
-    """Drop tv_tensors / MONAI MetaTensor subclasses: callers get ordinary tensors."""
-    return tensor.as_subclass(torch.Tensor)
-
-
-def _clipped(image: torch.Tensor) -> torch.Tensor:
-    return torch.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
