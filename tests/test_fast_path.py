@@ -167,3 +167,12 @@ def test_pretrain_trains_through_the_device_pair_loader(cohort: Path, tmp_path: 
     val_loss = pd.concat(logs)["val_loss"].dropna()
     assert len(val_loss) == 2  # one validation per epoch
     assert checkpoint["metadata"]["best_val_loss"] == pytest.approx(val_loss.min())
+
+
+def test_shift_preset_is_the_shift_config():
+    from mritumor.data.fast_path import augment_config, batch_augment
+    from mritumor.data.transforms import SHIFT_CONFIG
+
+    assert augment_config("shift") == SHIFT_CONFIG
+    assert SHIFT_CONFIG.rot90_p > 0 and SHIFT_CONFIG.lowres_p > 0 and SHIFT_CONFIG.vflip_p > 0
+    assert batch_augment("shift", 32).config == SHIFT_CONFIG

@@ -92,9 +92,11 @@ def register(subcommands) -> None:
     flag(
         parser,
         "--augment",
-        choices=("standard", "light", "none"),
+        choices=("standard", "light", "shift", "none"),
         default="standard",
-        help="training augmentation: standard MRI augmentation, light (crops keep ≥ 90 %% of the slice), or none",
+        help="training augmentation: standard MRI augmentation, light (crops keep ≥ 90 %% of the "
+        "slice), shift (other scanners' and planes' contrast, bias field, blur, resolution, flips "
+        "and 90° turns), or none",
     )
     flag(parser, "--lr", type=float, default=3e-4, help="AdamW learning rate (cosine schedule)")
     flag(parser, "--weight_decay", type=float, default=1e-4, help="AdamW weight decay")

@@ -100,9 +100,11 @@ def register(subcommands) -> None:
     flag(
         parser,
         "--augment",
-        choices=("standard", "light", "none"),
+        choices=("standard", "light", "shift", "none"),
         default="light",
-        help="training augmentation (image and mask together); light keeps ≥ 90 %% of the slice",
+        help="training augmentation (image and mask together); light keeps ≥ 90 %% of the slice; "
+        "shift adds other scanners' and planes' contrast, bias field, blur, resolution, flips "
+        "and 90° turns",
     )
     flag(
         parser,

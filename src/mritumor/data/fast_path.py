@@ -32,7 +32,7 @@ import torch
 from mritumor.config import TrainerConfig
 from mritumor.data.batch_augment import BatchAugment
 from mritumor.data.device_data import cache_nbytes, fits_on_device
-from mritumor.data.transforms import AugmentConfig, build_transform
+from mritumor.data.transforms import SHIFT_CONFIG, AugmentConfig, build_transform
 from mritumor.errors import MritumorError
 
 log = logging.getLogger(__name__)
@@ -41,13 +41,17 @@ log = logging.getLogger(__name__)
 def augment_config(augment: str) -> AugmentConfig | None:
     """The augmentation presets of the training commands (``--augment``): standard is the MRI
     augmentation; light keeps ≥ 90 % of the slice in the crop (small tumours at the edge of the
-    brain stay in view) and rotates at most 5°; none is ``None``."""
+    brain stay in view) and rotates at most 5°; shift adds what other scanners and planes do to
+    a slice (strong gamma and bias field, blur, down-/up-sampling, vertical flips and 90°
+    turns: :data:`~mritumor.data.transforms.SHIFT_CONFIG`); none is ``None``."""
     if augment == "none":
         return None
     if augment == "light":
         return AugmentConfig(crop_scale=(0.9, 1.0), rotate_degrees=5.0)
     if augment == "standard":
         return AugmentConfig()
+    if augment == "shift":
+        return SHIFT_CONFIG
     raise ValueError(f"unknown augmentation preset {augment!r}")
 
 
