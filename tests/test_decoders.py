@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from mritumor.losses import segmentation_loss
 from mritumor.models.decoders import UNetDecoder, stage_outputs
 from mritumor.models.multitask import MULTITASK_BACKBONES, build_multitask_model
-from mritumor.tasks.multitask import segmentation_loss
 
 
 @pytest.mark.parametrize("backbone", MULTITASK_BACKBONES)

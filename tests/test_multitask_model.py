@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from mritumor.evaluation.bootstrap import bootstrap_intervals, by_group
+from mritumor.losses import segmentation_loss
 from mritumor.models.backbones import build_encoder
 from mritumor.models.multitask import CLASSIFIES, SEGMENTS, VARIANTS, build_multitask_model
-from mritumor.tasks.multitask import MultiTaskTask, segmentation_loss
+from mritumor.tasks.multitask import MultiTaskTask
 
 SIZE, CLASSES = 32, 3
 

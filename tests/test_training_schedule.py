@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mritumor.models.multitask import build_multitask_model
-from mritumor.tasks.multitask import MultiTaskTask, ema_with_warmup, warmup_cosine
+from mritumor.tasks.multitask import MultiTaskTask
+from mritumor.training import ema_with_warmup, warmup_cosine
 
 
 def test_ema_step_matches_the_hand_computed_average():

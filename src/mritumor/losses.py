@@ -77,3 +77,21 @@ class _GatherWithGradient(torch.autograd.Function):
         summed = torch.stack(grads)
         dist.all_reduce(summed)  # Σ over processes of ∂loss_r / ∂(every process's block)
         return summed[dist.get_rank()]
+
+
+SEG_LOSSES = ("dice_ce", "dice_focal")
+
+
+def segmentation_loss(
+    mask_logits: torch.Tensor, masks: torch.Tensor, kind: str = "dice_ce"
+) -> torch.Tensor:
+    """Soft Dice over the whole batch + binary cross-entropy (MONAI ``DiceCELoss``) or focal
+    loss (``DiceFocalLoss``: down-weights the many easy background pixels). Batch Dice: a slice
+    without tumour has no Dice of its own, so per-slice Dice would be unstable there."""
+    from monai.losses import DiceCELoss, DiceFocalLoss
+
+    if kind == "dice_focal":
+        return DiceFocalLoss(sigmoid=True, batch=True)(mask_logits, masks.float())
+    if kind != "dice_ce":
+        raise ValueError(f"unknown segmentation loss {kind!r}; choose one of {SEG_LOSSES}")
+    return DiceCELoss(sigmoid=True, batch=True)(mask_logits, masks.float())

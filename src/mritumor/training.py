@@ -268,3 +268,33 @@ class BestStateCheckpoint(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.best_score = state_dict.get("best_score")
         self.best_epoch = state_dict.get("best_epoch")
+
+
+def ema_with_warmup(decay: float):
+    """The exponential-moving-average step of :class:`torch.optim.swa_utils.AveragedModel` with
+    the decay ramped up as ``min(decay, (1 + n) / (10 + n))`` after n updates (as timm's
+    ``ModelEmaV2`` warm-up): a fixed 0.99 from the first step keeps a third of the random
+    initial weights after 100 steps, and that average of far-apart weights predicts nothing."""
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, n_averaged) -> torch.Tensor:
+        n = float(n_averaged)
+        rate = min(decay, (1 + n) / (10 + n))
+        return averaged + (current - averaged) * (1 - rate)
+
+    return average
+
+
+def warmup_cosine(optimizer, epochs: int, warmup_epochs: int):
+    """Linear warm-up from a tenth of the learning rate over ``warmup_epochs``, then cosine
+    decay over the rest (stepped per epoch)."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(epochs - warmup_epochs, 1)
+    )
+    if warmup_epochs <= 0:
+        return cosine
+    warmup = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=0.1, total_iters=warmup_epochs
+    )
+    return torch.optim.lr_scheduler.SequentialLR(
+        optimizer, [warmup, cosine], milestones=[warmup_epochs]
+    )

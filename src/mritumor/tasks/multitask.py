@@ -38,6 +38,7 @@ from mritumor.evaluation.calibration import fit_temperature
 from mritumor.evaluation.multitask import evaluate_multitask, write_comparison
 from mritumor.evaluation.uncertainty import fit_uncertainty, softmax, write_test_uncertainty
 from mritumor.inference.loops import predict_slices  # shared with `mritumor evaluate`
+from mritumor.losses import segmentation_loss
 from mritumor.models.loading import multitask_network as model_from_checkpoint
 from mritumor.models.multitask import (
     VARIANTS,
@@ -48,59 +49,18 @@ from mritumor.models.multitask import (
 )
 from mritumor.models.simclr import load_ssl_encoder
 from mritumor.resources import check_writable
-from mritumor.training import BestStateCheckpoint, LastCheckpoint, build_trainer, default_workers
+from mritumor.training import (
+    BestStateCheckpoint,
+    LastCheckpoint,
+    build_trainer,
+    default_workers,
+    ema_with_warmup,
+    warmup_cosine,
+)
 
 log = logging.getLogger(__name__)
 
 STAGES = ("joint", "segmentation", "classification")
-
-
-SEG_LOSSES = ("dice_ce", "dice_focal")
-
-
-def segmentation_loss(
-    mask_logits: torch.Tensor, masks: torch.Tensor, kind: str = "dice_ce"
-) -> torch.Tensor:
-    """Soft Dice over the whole batch + binary cross-entropy (MONAI ``DiceCELoss``) or focal
-    loss (``DiceFocalLoss``: down-weights the many easy background pixels). Batch Dice: a slice
-    without tumour has no Dice of its own, so per-slice Dice would be unstable there."""
-    from monai.losses import DiceCELoss, DiceFocalLoss
-
-    if kind == "dice_focal":
-        return DiceFocalLoss(sigmoid=True, batch=True)(mask_logits, masks.float())
-    if kind != "dice_ce":
-        raise ValueError(f"unknown segmentation loss {kind!r}; choose one of {SEG_LOSSES}")
-    return DiceCELoss(sigmoid=True, batch=True)(mask_logits, masks.float())
-
-
-def ema_with_warmup(decay: float):
-    """The exponential-moving-average step of :class:`torch.optim.swa_utils.AveragedModel` with
-    the decay ramped up as ``min(decay, (1 + n) / (10 + n))`` after n updates (as timm's
-    ``ModelEmaV2`` warm-up): a fixed 0.99 from the first step keeps a third of the random
-    initial weights after 100 steps, and that average of far-apart weights predicts nothing."""
-
-    def average(averaged: torch.Tensor, current: torch.Tensor, n_averaged) -> torch.Tensor:
-        n = float(n_averaged)
-        rate = min(decay, (1 + n) / (10 + n))
-        return averaged + (current - averaged) * (1 - rate)
-
-    return average
-
-
-def warmup_cosine(optimizer, epochs: int, warmup_epochs: int):
-    """Linear warm-up from a tenth of the learning rate over ``warmup_epochs``, then cosine
-    decay over the rest (stepped per epoch)."""
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(epochs - warmup_epochs, 1)
-    )
-    if warmup_epochs <= 0:
-        return cosine
-    warmup = torch.optim.lr_scheduler.LinearLR(
-        optimizer, start_factor=0.1, total_iters=warmup_epochs
-    )
-    return torch.optim.lr_scheduler.SequentialLR(
-        optimizer, [warmup, cosine], milestones=[warmup_epochs]
-    )
 
 
 class MultiTaskTask(L.LightningModule):
