@@ -144,6 +144,17 @@ def add_config_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_coverage_flag(parser: argparse.ArgumentParser) -> None:
+    flag(
+        parser,
+        "--coverage",
+        type=float,
+        default=0.9,
+        help="target coverage of the conformal prediction sets fitted on the validation "
+        "patients and stored in best.pt (predict and evaluate may ask for another)",
+    )
+
+
 def add_recipe_flag(parser: argparse.ArgumentParser) -> None:
     flag(
         parser,

@@ -8,6 +8,7 @@ from mritumor.commands.common import (
     BACKBONE_NAMES,
     add_command,
     add_config_flag,
+    add_coverage_flag,
     add_data_flags,
     add_data_on_device_flag,
     add_recipe_flag,
@@ -142,14 +143,7 @@ def register(subcommands) -> None:
         help="variant C only: best.pt of a variant-A run to freeze (otherwise C trains A first)",
     )
     flag(parser, "--n_boot", type=int, default=1000, help="bootstrap resamples (95 %% intervals)")
-    flag(
-        parser,
-        "--coverage",
-        type=float,
-        default=0.9,
-        help="target coverage of the conformal prediction sets fitted on the validation "
-        "patients and stored in best.pt (predict and evaluate may ask for another)",
-    )
+    add_coverage_flag(parser)
     flag(parser, "--n_overlays", type=int, default=8, help="test slices drawn in overlays.png")
     flag(
         parser,
