@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from mritumor import runfiles
+
 T = TypeVar("T", bound="FlagConfig")
 
 # Keys of the parsed command line that are no flag of a run: argparse's dispatch and the
@@ -224,7 +226,7 @@ def save_resolved_config(config: FlagConfig | Mapping[str, Any] | Any, outdir: s
     names, for reproduction with ``--config``. ``config``: a configuration, or the flag values
     (a mapping or a parsed ``argparse.Namespace``) of a command without one."""
     values = {k: v for k, v in flag_values(config).items() if k not in NOT_SAVED}
-    path = Path(outdir) / "config.yaml"
+    path = Path(outdir) / runfiles.CONFIG
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(json.loads(json.dumps(values, default=str)), sort_keys=True))
     return path

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from mritumor import runfiles
 from mritumor.errors import MritumorError
 
 STEPS = 9
@@ -77,7 +78,7 @@ def run_demo(
         )
     step("Inspect the data", ["data", "inspect", "--data_root", data_root])
     ssl_dir, run_dir = outdir / "simclr_pretrain", outdir / "two_step"
-    split = ["--split_file", str(ssl_dir / "split.json")]
+    split = ["--split_file", str(ssl_dir / runfiles.SPLIT)]
     step(
         "Self-supervised pretraining (SimCLR, labels unused)",
         ["pretrain", "--data_root", data_root, "--outdir", str(ssl_dir), *settings["ssl"]],
@@ -85,7 +86,7 @@ def run_demo(
     step(
         "Two-step classifier: patient bags → type → grade, from the SSL encoder",
         ["train-hierarchical", "--data_root", data_root, "--outdir", str(run_dir)]
-        + ["--ssl_ckpt", str(ssl_dir / "simclr_pretrain.pt"), *split, *settings["sup"]],
+        + ["--ssl_ckpt", str(ssl_dir / runfiles.SSL_CHECKPOINT), *split, *settings["sup"]],
     )
     multitask_dir = outdir / "multitask"
     for variant, what in (("D", "naive joint training"), ("E", "class logits fused into masks")):
@@ -98,7 +99,13 @@ def run_demo(
     explain_dir = outdir / "explain"
     step(
         "Explain the two-step classifier: which slices, and where inside them",
-        ["explain", "--checkpoint", str(run_dir / "best.pt"), "--data_root", data_root]
+        [
+            "explain",
+            "--checkpoint",
+            str(run_dir / runfiles.BEST_CHECKPOINT),
+            "--data_root",
+            data_root,
+        ]
         + ["--outdir", str(explain_dir), "--max_patients", "3", "--top_slices", "2"],
     )
     compare_dir = outdir / "compare"
@@ -112,15 +119,15 @@ def run_demo(
         "One HTML report of every run",
         ["report", str(outdir), "--output", str(report), "--title", "mritumor demo"],
     )
-    metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    metrics = json.loads((run_dir / runfiles.TEST_METRICS).read_text())
     multitask = {
-        variant: json.loads((multitask_dir / variant / "test_metrics.json").read_text())
+        variant: json.loads((multitask_dir / variant / runfiles.TEST_METRICS).read_text())
         for variant in ("D", "E")
     }
     summary = {
         "seconds": round(time.perf_counter() - started, 1),
         "data_root": data_root,
-        "ssl_checkpoint": str(ssl_dir / "simclr_pretrain.pt"),
+        "ssl_checkpoint": str(ssl_dir / runfiles.SSL_CHECKPOINT),
         "run": str(run_dir),
         "tumor_type_accuracy": metrics["tumor_type_accuracy"],
         "grade_e2e_accuracy": metrics.get("grade_e2e_accuracy"),

@@ -29,6 +29,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mritumor import runfiles
 from mritumor.config import TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ class LastCheckpoint(Checkpoint):
     callbacks (Lightning runs checkpoint callbacks last), like ``ModelCheckpoint`` does: a fit
     resumed from it starts at the next epoch with the learning-rate schedule where it was."""
 
-    def __init__(self, dirpath: str | Path, filename: str = "last.ckpt"):
+    def __init__(self, dirpath: str | Path, filename: str = runfiles.LAST_CHECKPOINT):
         self.path = Path(dirpath) / filename
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mritumor import runfiles
 from mritumor.compare.analysis import CI_METHOD, classification_analysis, dice_analysis
 from mritumor.compare.plots import _plots
 from mritumor.compare.runs import Aligned, Run, align, load_runs
@@ -54,9 +55,9 @@ def compare_runs(
     report["files"] = _plots(aligned, classified, dice, outdir)
     report["files"].update({k: f"comparison.{k}" for k in ("json", "csv", "md")})
     report = _jsonable(report)
-    (outdir / "comparison.json").write_text(json.dumps(report, indent=2, allow_nan=False))
-    csv_rows(report).to_csv(outdir / "comparison.csv", index=False)
-    (outdir / "comparison.md").write_text(markdown(report))
+    (outdir / runfiles.COMPARISON_JSON).write_text(json.dumps(report, indent=2, allow_nan=False))
+    csv_rows(report).to_csv(outdir / runfiles.COMPARISON_CSV, index=False)
+    (outdir / runfiles.COMPARISON_MD).write_text(markdown(report))
     return report
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mritumor import runfiles
 from mritumor.errors import MritumorError
 
 log = logging.getLogger(__package__)  # 'mritumor.compare', as before the split
 
-PREDICTIONS = "predictions.csv"
+PREDICTIONS = runfiles.PREDICTIONS
 PROB_PREFIX = "p_type_"
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mritumor import runfiles
 from mritumor.data.cache import Preprocessing, SliceCache, infer_channels
 from mritumor.data.catalog import Catalog
 from mritumor.data.labels import LabelSpace
@@ -70,7 +71,7 @@ def prepare_data(
         len(catalog.problems),
     )
     if outdir is not None:
-        split.save(Path(outdir) / "split.json")
+        split.save(Path(outdir) / runfiles.SPLIT)
     return PreparedData(catalog, cache, split, labels)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mritumor import runfiles
 from mritumor.data.labels import LabelSpace
 from mritumor.evaluation.bootstrap import bootstrap_intervals
 from mritumor.evaluation.calibration import calibration_errors, plot_reliability_diagram
@@ -133,10 +134,10 @@ def evaluate_hierarchical(
         )
 
     metrics = headline_metrics(report, labels)
-    (outdir / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
-    (outdir / "test_report.json").write_text(json.dumps(report, indent=2, default=_json_default))
-    (outdir / "curves_summary.json").write_text(json.dumps(curves, default=_json_default))
-    write_predictions(outdir / "predictions.csv", prediction, probs, labels, catalog)
+    (outdir / runfiles.TEST_METRICS).write_text(json.dumps(metrics, indent=2))
+    (outdir / runfiles.TEST_REPORT).write_text(json.dumps(report, indent=2, default=_json_default))
+    (outdir / runfiles.CURVES_SUMMARY).write_text(json.dumps(curves, default=_json_default))
+    write_predictions(outdir / runfiles.PREDICTIONS, prediction, probs, labels, catalog)
     return {"metrics": metrics, "report": report}
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from mritumor import runfiles
 from mritumor.data.labels import LabelSpace
 from mritumor.evaluation.bootstrap import bootstrap_intervals, by_group
 from mritumor.evaluation.calibration import (
@@ -77,7 +78,7 @@ def evaluate_multitask(
         metrics.update(segmentation["headline"])
         columns.update(segmentation["columns"])
         if n_overlays > 0 and prediction["has_mask"].any():
-            plot_overlays(prediction, cache, outdir / "overlays.png", n_overlays)
+            plot_overlays(prediction, cache, outdir / runfiles.OVERLAYS, n_overlays)
     if prediction.get("class_logits") is not None:
         classification = classification_part(
             prediction, labels, patients, outdir, temperature, n_boot, seed
@@ -86,9 +87,9 @@ def evaluate_multitask(
         report["calibration"] = classification["calibration"]
         metrics.update(classification["headline"])
         columns.update(classification["columns"])
-    (outdir / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
-    (outdir / "test_report.json").write_text(json.dumps(report, indent=2, default=_plain))
-    pd.DataFrame(columns).to_csv(outdir / "predictions.csv", index=False)
+    (outdir / runfiles.TEST_METRICS).write_text(json.dumps(metrics, indent=2))
+    (outdir / runfiles.TEST_REPORT).write_text(json.dumps(report, indent=2, default=_plain))
+    pd.DataFrame(columns).to_csv(outdir / runfiles.PREDICTIONS, index=False)
     return {"metrics": metrics, "report": report}
 
 
@@ -265,7 +266,7 @@ def write_comparison(reports: dict, outdir: str | Path) -> pd.DataFrame:
         )
     frame = pd.DataFrame(rows)
     outdir = Path(outdir)
-    frame.to_csv(outdir / "comparison.csv", index=False)
+    frame.to_csv(outdir / runfiles.COMPARISON_CSV, index=False)
     lines = [
         "| Model | Seg. Dice (95 % CI) | Classification accuracy (95 % CI) | seed Dice | seed accuracy |",
         "|---|---|---|---|---|",
@@ -275,7 +276,7 @@ def write_comparison(reports: dict, outdir: str | Path) -> pd.DataFrame:
             f"| {row['model']} ({row['variant']}) | {_cell(row, 'dice')} | {_cell(row, 'accuracy')} "
             f"| {_number(row['seed_dice'])} | {_number(row['seed_accuracy'])} |"
         )
-    (outdir / "comparison.md").write_text("\n".join(lines) + "\n")
+    (outdir / runfiles.COMPARISON_MD).write_text("\n".join(lines) + "\n")
     return frame
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mritumor import runfiles
 from mritumor.evaluation.conformal import (
     calibration_scores,
     prediction_sets,
@@ -239,6 +240,6 @@ def write_uncertainty(report: dict, outdir, title: str = "Risk–coverage") -> d
 
     outdir = Path(outdir)
     summary = {k: v for k, v in report.items() if k != "scores"}
-    (outdir / "uncertainty.json").write_text(json.dumps(summary, indent=2))
-    plot_risk_coverage(report["selective"], outdir / "risk_coverage.png", title)
+    (outdir / runfiles.UNCERTAINTY).write_text(json.dumps(summary, indent=2))
+    plot_risk_coverage(report["selective"], outdir / runfiles.RISK_COVERAGE, title)
     return summary

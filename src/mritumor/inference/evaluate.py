@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from mritumor import runfiles
 from mritumor.errors import DataError
 from mritumor.inference.checks import check_channels, check_types, unknown_grades
 from mritumor.models.loading import load_model
@@ -100,7 +101,7 @@ def evaluate_checkpoint(
             runner,
         )
     Split(train=[], val=[], test=list(patients), strategy=strategy, seed=seed).save(
-        outdir / "split.json"
+        outdir / runfiles.SPLIT
     )
     summary = {
         "checkpoint": str(Path(checkpoint).absolute()),
@@ -121,7 +122,7 @@ def evaluate_checkpoint(
         "model_made": (loaded.checkpoint.get("metadata") or {}).get("date"),
         "engine": runner.name if runner is not None else "torch",
     }
-    (outdir / "evaluation.json").write_text(json.dumps(summary, indent=2))
+    (outdir / runfiles.EVALUATION).write_text(json.dumps(summary, indent=2))
     return {**result, "evaluation": summary}
 
 

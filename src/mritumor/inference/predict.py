@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from mritumor import runfiles
 from mritumor.errors import DataError, MritumorError
 from mritumor.inference.inputs import discover
 from mritumor.inference.outputs import (
@@ -82,7 +83,7 @@ def predict(
     patients = discover(input)
     many = len(patients) > 1
     if output is None and many:
-        output = Path("predictions.csv")
+        output = Path(runfiles.PREDICTIONS)
     if resume and (output is None or output.suffix.lower() not in STREAMED):
         raise MritumorError("--resume continues a .csv or .jsonl --output; give one")
     explainer = None

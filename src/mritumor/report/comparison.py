@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mritumor import runfiles
 from mritumor.report.folder import Folder
 from mritumor.report.html import DASH, esc, fmt, fmt_interval, is_number, parse_float, table
 from mritumor.report.page import note
@@ -23,10 +24,10 @@ PAIRWISE_HEADER = ["A", "B", "metric", "A", "B", "A − B (CI)", "test", "p", "p
 
 def comparison_part(folder: Folder, level: int) -> str:
     """The folder's comparison, if it holds one; ``level``: the level of its headings."""
-    report = folder.json("comparison.json")
+    report = folder.json(runfiles.COMPARISON_JSON)
     if isinstance(report, Mapping):
-        return compare_part(report, folder.rows("comparison.csv"), level)
-    rows = folder.rows("comparison.csv")
+        return compare_part(report, folder.rows(runfiles.COMPARISON_CSV), level)
+    rows = folder.rows(runfiles.COMPARISON_CSV)
     if rows is None:
         return ""
     if rows and "variant" not in rows[0]:
@@ -202,7 +203,7 @@ def _friedman(result: Mapping) -> str:
 
 
 def compare_runs_part(folder: Folder) -> str:
-    report = folder.json("comparison.json")
+    report = folder.json(runfiles.COMPARISON_JSON)
     if not isinstance(report, Mapping) or not report.get("runs"):
         return ""
     rows = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mritumor import runfiles
 from mritumor.report.folder import Folder
 from mritumor.report.html import IMAGE_TYPES
 from mritumor.report.page import Page, note
@@ -30,10 +31,12 @@ CONFUSION = [
 CALIBRATION = [("reliability_tumor_type.png", "Reliability diagram, tumour type")]
 
 
-OVERLAYS = [("overlays.png", "Test slices: reference mask green, prediction red")]
+OVERLAYS = [(runfiles.OVERLAYS, "Test slices: reference mask green, prediction red")]
 
 
-UNCERTAINTY = [("risk_coverage.png", "Risk–coverage: error rate when answering the most confident")]
+UNCERTAINTY = [
+    (runfiles.RISK_COVERAGE, "Risk–coverage: error rate when answering the most confident")
+]
 
 
 KNOWN_FIGURES = {

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 
+from mritumor import runfiles
 from mritumor.report.folder import Folder, utc_date
 from mritumor.report.html import fmt, fmt_bytes, parse_float, table
 from mritumor.report.page import note
 
 
 def predictions_part(folder: Folder, preview_rows: int) -> str:
-    path = folder.path / "predictions.csv"
+    path = folder.path / runfiles.PREDICTIONS
     try:
         with path.open(newline="") as handle:
             reader = csv.reader(handle)

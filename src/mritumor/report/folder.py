@@ -8,6 +8,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from mritumor import runfiles
 from mritumor.report.html import fmt_bytes
 from mritumor.report.scan import RunFolder
 
@@ -73,25 +74,25 @@ def describe(folder: Folder) -> str:
     variants = [c for c in node.child_names if c in VARIANT_FOLDERS]
     if folder.has("demo_summary.json"):
         kinds.append("mritumor demo")
-    if folder.has("cv_summary.json") or folds:
-        config = folder.yaml("config.yaml")
+    if folder.has(runfiles.CV_SUMMARY) or folds:
+        config = folder.yaml(runfiles.CONFIG)
         k = config.get("cv") if isinstance(config, Mapping) else None
         k = k if isinstance(k, int) and k > 0 else len(folds)
-        finished = sum(1 for c in node.children if c.has("test_metrics.json"))
-        done = "" if folder.has("cv_summary.json") else f" ({finished} of {k} folds finished)"
+        finished = sum(1 for c in node.children if c.has(runfiles.TEST_METRICS))
+        done = "" if folder.has(runfiles.CV_SUMMARY) else f" ({finished} of {k} folds finished)"
         kinds.append(f"train-hierarchical --cv {k}{done}")
-    if folder.has("comparison.json"):
+    if folder.has(runfiles.COMPARISON_JSON):
         kinds.append("mritumor compare")
-    elif folder.has("comparison.csv") or variants:
+    elif folder.has(runfiles.COMPARISON_CSV) or variants:
         kinds.append("train-multitask --variant all")
-    if folder.has("simclr_pretrain.pt"):
+    if folder.has(runfiles.SSL_CHECKPOINT):
         kinds.append("mritumor pretrain (SimCLR)")
     if folder.has("ssl_eval_metrics.json"):
         kinds.append("mritumor evaluate-ssl")
     if folder.has("attribution_summary.json"):
         kinds.append("mritumor explain")
-    metrics = folder.json("test_metrics.json")
-    evaluation = folder.json("evaluation.json")
+    metrics = folder.json(runfiles.TEST_METRICS)
+    evaluation = folder.json(runfiles.EVALUATION)
     if isinstance(evaluation, Mapping):
         variant = f", variant {evaluation['variant']}" if evaluation.get("variant") else ""
         kinds.append(f"mritumor evaluate ({evaluation.get('task', '?')}{variant})")
@@ -102,7 +103,7 @@ def describe(folder: Folder) -> str:
             kinds.append("train-hierarchical")
     if kinds:
         return " + ".join(kinds)
-    config = folder.yaml("config.yaml")
+    config = folder.yaml(runfiles.CONFIG)
     config = config if isinstance(config, Mapping) else {}
     if "variant" in config:
         command = f"train-multitask, variant {config['variant']}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mritumor import runfiles
 from mritumor.report.comparison import comparison_part
 from mritumor.report.folder import Folder
 from mritumor.report.html import DASH, fmt, fmt_interval, fmt_mean_sd, is_interval, is_number, table
@@ -31,7 +32,7 @@ def metric_rows(metrics: Mapping) -> tuple[list[tuple[str, str]], list[str]]:
 def metrics_part(folder: Folder, children: list[Folder], level: int) -> str:
     """The sub-section's body; ``level``: the heading level of its own headings."""
     parts = []
-    metrics = folder.json("test_metrics.json")
+    metrics = folder.json(runfiles.TEST_METRICS)
     if isinstance(metrics, Mapping):
         rows, texts = metric_rows(metrics)
         parts.append(
@@ -40,7 +41,7 @@ def metrics_part(folder: Folder, children: list[Folder], level: int) -> str:
             + '<p class="meta">Intervals: 95 % percentile bootstrap over test patients '
             "(<code>test_metrics.json</code>).</p>"
         )
-    cv = folder.json("cv_summary.json")
+    cv = folder.json(runfiles.CV_SUMMARY)
     if isinstance(cv, Mapping):
         parts.append(cv_part(cv))
     folds = [c for c in children if c.path.name.startswith("fold_")]
@@ -69,7 +70,7 @@ def cv_part(cv: Mapping) -> str:
 
 
 def per_fold_part(folds: list[Folder]) -> str:
-    per_fold = [(f.path.name, f.json("test_metrics.json")) for f in folds]
+    per_fold = [(f.path.name, f.json(runfiles.TEST_METRICS)) for f in folds]
     per_fold = [(name, m) for name, m in per_fold if isinstance(m, Mapping)]
     if not per_fold:
         return note("no fold has written test_metrics.json yet")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mritumor import runfiles
 from mritumor.report.calibration import calibration_part
 from mritumor.report.classification import confusion_tables, per_class_part
 from mritumor.report.comparison import compare_runs_part
@@ -37,9 +38,9 @@ def render_folder(page: Page, node: RunFolder, number: str, depth: int, title: s
     page.toc.append(TocEntry(number, title, kind, anchor, depth))
     level = min(depth + 2, 6)
     sub = level + 1
-    report = folder.json("test_report.json")
+    report = folder.json(runfiles.TEST_REPORT)
     report = report if isinstance(report, Mapping) else None
-    metrics = folder.json("test_metrics.json")
+    metrics = folder.json(runfiles.TEST_METRICS)
     metrics = metrics if isinstance(metrics, Mapping) else None
 
     meta = [f"<span>{esc(kind)}</span>", f"<code>{esc(node.path)}</code>"]
@@ -70,7 +71,7 @@ def render_folder(page: Page, node: RunFolder, number: str, depth: int, title: s
     other, n_other = gallery(page, folder)
     explain = folder.has("attribution_summary.json")
     body.append(subsection(sub, "Figures" if explain else "Other figures", other))
-    if folder.has("predictions.csv"):
+    if folder.has(runfiles.PREDICTIONS):
         body.append(
             subsection(sub, "Predictions", predictions_part(folder, page.options.preview_rows))
         )

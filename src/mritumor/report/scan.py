@@ -13,20 +13,21 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mritumor import runfiles
 from mritumor.errors import MritumorError
 
 MARKERS = (
-    "test_metrics.json",  # train-hierarchical, train-multitask (one variant), evaluate
-    "cv_summary.json",  # train-hierarchical --cv K
-    "comparison.json",  # compare
-    "comparison.csv",  # train-multitask --variant all (and compare, beside its JSON)
-    "simclr_pretrain.pt",  # pretrain
+    runfiles.TEST_METRICS,  # train-hierarchical, train-multitask (one variant), evaluate
+    runfiles.CV_SUMMARY,  # train-hierarchical --cv K
+    runfiles.COMPARISON_JSON,  # compare
+    runfiles.COMPARISON_CSV,  # train-multitask --variant all (and compare, beside its JSON)
+    runfiles.SSL_CHECKPOINT,  # pretrain
     "ssl_eval_metrics.json",  # evaluate-ssl
     "attribution_summary.json",  # explain
     "demo_summary.json",  # demo
-    "evaluation.json",  # evaluate
-    "best.pt",  # a training run that has not written its test metrics (yet)
-    "config.yaml",  # every training command writes it first
+    runfiles.EVALUATION,  # evaluate
+    runfiles.BEST_CHECKPOINT,  # a training run that has not written its test metrics (yet)
+    runfiles.CONFIG,  # every training command writes it first
 )
 # folders never scanned for runs (Lightning's own output, caches, version control)
 SKIP_DIRS = {"checkpoints", "logs", "lightning_logs", "__pycache__", "node_modules"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mritumor import runfiles
 from mritumor.report.explain import explain_part
 from mritumor.report.folder import Folder, file_size
 from mritumor.report.html import esc, fmt, fmt_interval, is_interval, kv, table
@@ -16,14 +17,14 @@ def summary_part(folder: Folder) -> str:
     if isinstance(demo, Mapping):
         items = [(k, fmt_interval(v) if is_interval(v) else v) for k, v in demo.items()]
         parts.append(f"<p>Demo summary (<code>demo_summary.json</code>):</p>{kv(items)}")
-    evaluation = folder.json("evaluation.json")
+    evaluation = folder.json(runfiles.EVALUATION)
     if isinstance(evaluation, Mapping):
         keys = ("checkpoint", "task", "variant", "data_root", "split", "n_patients", "n_slices",
                 "skipped_items", "temperature", "calibrated", "model_made")  # fmt: skip
         items = [(k, evaluation[k]) for k in keys if k in evaluation]
         parts.append(f"<p>What was evaluated (<code>evaluation.json</code>):</p>{kv(items)}")
-    if folder.has("simclr_pretrain.pt"):
-        size = file_size(folder.path / "simclr_pretrain.pt")
+    if folder.has(runfiles.SSL_CHECKPOINT):
+        size = file_size(folder.path / runfiles.SSL_CHECKPOINT)
         parts.append(
             f"<p>SimCLR checkpoint <code>simclr_pretrain.pt</code> ({esc(size)}): encoder and "
             "projection weights, the encoder's configuration and the run's metadata (epochs, best "

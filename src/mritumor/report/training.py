@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from mritumor import runfiles
 from mritumor.report.folder import Folder
 from mritumor.report.html import DASH, esc, fmt, kv, line_chart, parse_float
 from mritumor.report.scan import natural_key
@@ -59,7 +60,7 @@ def training_curves(folder: Path) -> str:
 
 def split_part(folder: Folder) -> str:
     parts = []
-    for name in ("split.json", "pretrain_split.json"):
+    for name in (runfiles.SPLIT, "pretrain_split.json"):
         split = folder.json(name)
         if not isinstance(split, Mapping):
             continue
@@ -81,7 +82,7 @@ def split_part(folder: Folder) -> str:
 
 
 def config_part(folder: Folder) -> str:
-    config = folder.yaml("config.yaml")
+    config = folder.yaml(runfiles.CONFIG)
     if not isinstance(config, Mapping):
         return ""
 

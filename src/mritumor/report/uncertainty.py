@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mritumor import runfiles
 from mritumor.report.folder import Folder
 from mritumor.report.html import fmt, table
 
 
 def uncertainty_part(folder: Folder) -> str:
-    data = folder.json("uncertainty.json")
+    data = folder.json(runfiles.UNCERTAINTY)
     if not isinstance(data, Mapping):
         return ""
     rows = []

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mritumor import runfiles
 from mritumor.errors import DataError
 from mritumor.inference.inputs import discover
 from mritumor.inference.predictor import PatientPrediction, Predictor
@@ -79,7 +80,7 @@ def model_card(name: str, loaded: LoadedModel) -> dict:
     checkpoint = loaded.checkpoint
     config = dict(checkpoint.get("config") or {})
     split = checkpoint.get("split") or {}
-    metrics_file = loaded.path.parent / "test_metrics.json"
+    metrics_file = loaded.path.parent / runfiles.TEST_METRICS
     metrics = None
     if metrics_file.is_file():
         try:

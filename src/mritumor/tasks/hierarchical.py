@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from mritumor import runfiles
 from mritumor.checkpoints import (
     check_resume_checkpoint,
     load_checkpoint,
@@ -148,7 +149,7 @@ def with_fewer_labels(
         "label_fraction %.2f: training on %d of %d patients", fraction, len(kept), len(split.train)
     )
     reduced = replace(split, train=kept, extra={**split.extra, "label_fraction": fraction})
-    reduced.save(outdir / "split.json")
+    reduced.save(outdir / runfiles.SPLIT)
     return reduced
 
 
@@ -264,7 +265,7 @@ def train_hierarchical(config: HierarchicalConfig) -> dict:
     for fold in folds:
         fold_dir = outdir / f"fold_{fold.fold}"
         fold_dir.mkdir(parents=True, exist_ok=True)
-        fold.save(fold_dir / "split.json")
+        fold.save(fold_dir / runfiles.SPLIT)
         log.info(
             "fold %d/%d: %d/%d/%d patients",
             fold.fold + 1,
@@ -275,7 +276,7 @@ def train_hierarchical(config: HierarchicalConfig) -> dict:
         )
         reports.append(run_fold(config, data, fold, fold_dir))
     summary = cv_summary(reports)
-    (outdir / "cv_summary.json").write_text(json.dumps(summary, indent=2))
+    (outdir / runfiles.CV_SUMMARY).write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -313,7 +314,9 @@ def run_fold(config: HierarchicalConfig, data: PreparedData, split: Split, outdi
     has_val = len(split.val) > 0
     monitor = config.monitor if has_val else "train_loss"
     mode = "max" if monitor.endswith("accuracy") else "min"
-    best = BestStateCheckpoint(outdir / "best.pt", payload, monitor=monitor, mode=mode)
+    best = BestStateCheckpoint(
+        outdir / runfiles.BEST_CHECKPOINT, payload, monitor=monitor, mode=mode
+    )
     callbacks = [
         best,
         LastCheckpoint(outdir / "checkpoints"),
@@ -328,7 +331,7 @@ def run_fold(config: HierarchicalConfig, data: PreparedData, split: Split, outdi
         limit_val_batches=1.0 if has_val else 0,
         num_sanity_val_steps=0,
     )
-    resume = outdir / "checkpoints" / "last.ckpt"
+    resume = outdir / "checkpoints" / runfiles.LAST_CHECKPOINT
     resume = check_resume_checkpoint(resume) if config.trainer.resume and resume.is_file() else None
     trainer.fit(
         task,
@@ -346,14 +349,17 @@ def finish_fold(
     config: HierarchicalConfig, outdir: Path, labels: LabelSpace, loaders: dict
 ) -> dict:
     """Best weights → temperature on validation → test artifacts; the temperature goes into best.pt."""
-    checkpoint = load_checkpoint(outdir / "best.pt")
+    checkpoint = load_checkpoint(outdir / runfiles.BEST_CHECKPOINT)
     model = model_from_checkpoint(checkpoint)
     temperature = 1.0
     if not config.no_calibration and len(loaders["val"].dataset):
         val = predict_bags(model, loaders["val"])
         temperature = fit_temperature(val["type_logits"], torch.as_tensor(val["type_true"]))
         checkpoint["temperature"] = float(temperature)
-        save_checkpoint({k: v for k, v in checkpoint.items() if k != "format"}, outdir / "best.pt")
+        save_checkpoint(
+            {k: v for k, v in checkpoint.items() if k != "format"},
+            outdir / runfiles.BEST_CHECKPOINT,
+        )
     test = predict_bags(model, loaders["test"])
     report = evaluate_hierarchical(
         test,
@@ -367,7 +373,10 @@ def finish_fold(
     if len(loaders["val"].dataset):
         state = fit_patient_uncertainty(model, loaders, temperature, config)
         checkpoint["uncertainty"] = state
-        save_checkpoint({k: v for k, v in checkpoint.items() if k != "format"}, outdir / "best.pt")
+        save_checkpoint(
+            {k: v for k, v in checkpoint.items() if k != "format"},
+            outdir / runfiles.BEST_CHECKPOINT,
+        )
         probs = probabilities_from_prediction(test, temperature)
         report["uncertainty"] = write_test_uncertainty(
             state, outdir, test["patient_embedding"], probs["type"], test["type_true"],

@@ -19,6 +19,7 @@ import torch.nn.functional as nnf
 from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader
 
+from mritumor import runfiles
 from mritumor.checkpoints import (
     CheckpointError,
     check_resume_checkpoint,
@@ -290,7 +291,7 @@ def train_multitask(config: MultitaskConfig) -> dict:
         return run_variant(config, data, labels, config.variant, outdir, config.seg_ckpt)
     reports = {}
     for variant in VARIANTS:
-        stage_one = outdir / "A" / "best.pt" if variant == "C" else None
+        stage_one = outdir / "A" / runfiles.BEST_CHECKPOINT if variant == "C" else None
         log.info("variant %s", variant)
         reports[variant] = run_variant(config, data, labels, variant, outdir / variant, stage_one)
     write_comparison(reports, outdir)
@@ -309,7 +310,7 @@ def run_variant(
     if variant == "C" and not stage_one:
         log.info("variant C: stage 1 trains the segmentation network (variant A) first")
         run_variant(config, data, labels, "A", outdir / "stage1_A")
-        stage_one = outdir / "stage1_A" / "best.pt"
+        stage_one = outdir / "stage1_A" / runfiles.BEST_CHECKPOINT
     L.seed_everything(config.data.seed, workers=True, verbose=False)
     loaders = slice_loaders(config, data, data.split, labels)
     model = build_model(config, variant, labels, data.cache.prep.channels)
@@ -340,7 +341,7 @@ def run_variant(
         monitor = "val_loss"
     mode = "min" if monitor.endswith("loss") else "max"
     callbacks = [
-        BestStateCheckpoint(outdir / "best.pt", payload, monitor=monitor, mode=mode),
+        BestStateCheckpoint(outdir / runfiles.BEST_CHECKPOINT, payload, monitor=monitor, mode=mode),
         LastCheckpoint(outdir / "checkpoints"),
     ]
     if config.patience > 0:
@@ -349,7 +350,7 @@ def run_variant(
         config.trainer, outdir, config.epochs, callbacks,
         limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0,
     )  # fmt: skip
-    resume = outdir / "checkpoints" / "last.ckpt"
+    resume = outdir / "checkpoints" / runfiles.LAST_CHECKPOINT
     resume = check_resume_checkpoint(resume) if config.trainer.resume and resume.is_file() else None
     trainer.fit(
         task,
@@ -366,14 +367,17 @@ def run_variant(
 def finish_variant(
     config: MultitaskConfig, outdir: Path, labels: LabelSpace, loaders: dict, data
 ) -> dict:
-    checkpoint = load_checkpoint(outdir / "best.pt")
+    checkpoint = load_checkpoint(outdir / runfiles.BEST_CHECKPOINT)
     model = model_from_checkpoint(checkpoint)
     temperature = 1.0
     if model.classifies and not config.no_calibration and len(loaders["val"].dataset):
         val = predict_slices(model, loaders["val"])
         temperature = fit_temperature(val["class_logits"], torch.as_tensor(val["type_true"]))
         checkpoint["temperature"] = float(temperature)
-        save_checkpoint({k: v for k, v in checkpoint.items() if k != "format"}, outdir / "best.pt")
+        save_checkpoint(
+            {k: v for k, v in checkpoint.items() if k != "format"},
+            outdir / runfiles.BEST_CHECKPOINT,
+        )
     test = predict_slices(model, loaders["test"])
     report = evaluate_multitask(
         test,
@@ -389,7 +393,10 @@ def finish_variant(
     if model.classifies and len(loaders["val"].dataset):
         state = fit_slice_uncertainty(model, loaders, data, temperature, config)
         checkpoint["uncertainty"] = state
-        save_checkpoint({k: v for k, v in checkpoint.items() if k != "format"}, outdir / "best.pt")
+        save_checkpoint(
+            {k: v for k, v in checkpoint.items() if k != "format"},
+            outdir / runfiles.BEST_CHECKPOINT,
+        )
         probs = softmax(test["class_logits"].numpy(), temperature)
         report["uncertainty"] = write_test_uncertainty(
             state, outdir, test["class_embedding"], probs, test["type_true"], labels.types

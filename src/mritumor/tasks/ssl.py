@@ -40,6 +40,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
+from mritumor import runfiles
 from mritumor.checkpoints import (
     check_resume_checkpoint,
     load_checkpoint,
@@ -62,7 +63,7 @@ from mritumor.training import LastCheckpoint, build_trainer, default_workers
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "simclr_pretrain.pt"
+CHECKPOINT_NAME = runfiles.SSL_CHECKPOINT
 CHECKPOINT_KEYS = ("format", "simclr_state", "encoder_config", "metadata")
 METADATA_KEYS = (
     "epochs_run",
@@ -277,8 +278,8 @@ def pretrain(config: PretrainConfig) -> Path:
     resume_from = _resume_checkpoint(outdir) if config.trainer.resume else None
     L.seed_everything(config.data.seed, workers=True, verbose=False)
     split_file = config.data.split_file
-    if resume_from and not split_file and (outdir / "split.json").is_file():
-        split_file = outdir / "split.json"  # a resumed run keeps its patients
+    if resume_from and not split_file and (outdir / runfiles.SPLIT).is_file():
+        split_file = outdir / runfiles.SPLIT  # a resumed run keeps its patients
     data = prepare_data_for(
         replace(config.data, split_file=split_file),
         outdir=outdir if is_main_process else None,
@@ -328,7 +329,7 @@ def pretrain(config: PretrainConfig) -> Path:
 
 
 def _resume_checkpoint(outdir: Path) -> Path:
-    path = outdir / "checkpoints" / "last.ckpt"
+    path = outdir / "checkpoints" / runfiles.LAST_CHECKPOINT
     if not path.is_file():
         raise MritumorError(
             f"--resume: {path} does not exist; no finished epoch of an earlier run in {outdir}"
