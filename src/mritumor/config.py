@@ -123,6 +123,8 @@ class TrainerConfig(FlagConfig):
     data_on_device: str = "auto"
     quiet: bool = False
     seed: int | None = 0
+    logger: str = "csv"
+    tracking_uri: str | None = None
 
 
 @dataclass

@@ -31,6 +31,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mritumor import runfiles
 from mritumor.config import TrainerConfig
+from mritumor.errors import MritumorError
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def build_trainer(
         "precision": resolve_precision(trainer.precision, trainer.accelerator),
         "strategy": "ddp" if many else "auto",
         "deterministic": bool(trainer.deterministic),
-        "logger": CSVLogger(str(outdir), name="logs"),
+        "logger": [CSVLogger(str(outdir), name="logs"), *tracking_loggers(trainer, outdir)],
         "callbacks": callbacks,
         "plugins": [AtomicCheckpointIO()],
         "enable_progress_bar": not trainer.quiet,
@@ -299,3 +300,61 @@ def warmup_cosine(optimizer, epochs: int, warmup_epochs: int):
     return torch.optim.lr_scheduler.SequentialLR(
         optimizer, [warmup, cosine], milestones=[warmup_epochs]
     )
+
+
+TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # --logger → module it needs
+
+
+def tracking_loggers(trainer: TrainerConfig, outdir: str | Path) -> list:
+    """Lightning's TensorBoard or MLflow logger for ``--logger`` (CSV is always written: the
+    report draws its training curves from it)."""
+    import importlib.util
+
+    if trainer.logger == "csv":
+        return []
+    if trainer.logger not in TRACKERS:
+        raise MritumorError(
+            f"unknown --logger {trainer.logger!r}; choose csv, tensorboard or mlflow"
+        )
+    if importlib.util.find_spec(TRACKERS[trainer.logger]) is None:
+        raise MritumorError(
+            f"--logger {trainer.logger} needs the {TRACKERS[trainer.logger]} package: "
+            "pip install 'mritumor[tracking]' (or use --logger csv)"
+        )
+    if trainer.logger == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return [TensorBoardLogger(str(outdir), name="tensorboard")]
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    uri = trainer.tracking_uri
+    if uri is None:  # a local file store beside the run (the issue's default)
+        uri = Path(outdir).absolute().joinpath("mlruns").as_uri()
+        # MLflow 3 keeps the file store working but refuses it unless asked for explicitly
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return [MLFlowLogger(experiment_name="mritumor", run_name=Path(outdir).name, tracking_uri=uri)]
+
+
+def log_run(lightning_trainer: L.Trainer, flags: dict, metrics: dict, outdir: str | Path) -> None:
+    """What every logger gets once a run is evaluated: the resolved flags, the test metrics
+    (headline values of ``test_metrics.json``) and the paths of the run folder's files."""
+    values = {
+        f"test_{name}": float(entry["value"] if isinstance(entry, dict) else entry)
+        for name, entry in metrics.items()
+        if isinstance(entry, (int, float))
+        and not isinstance(entry, bool)
+        or isinstance(entry, dict)
+        and isinstance(entry.get("value"), (int, float))
+    }
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
+
+    files = sorted(str(p) for p in Path(outdir).iterdir() if p.is_file())
+    for logger in lightning_trainer.loggers:
+        logger.log_hyperparams({k: v for k, v in flags.items() if v is not None})
+        logger.log_metrics(values)
+        if isinstance(logger, MLFlowLogger):
+            for path in files:
+                logger.experiment.log_artifact(logger.run_id, path)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text("artifacts", "\n".join(files))
+        logger.save()

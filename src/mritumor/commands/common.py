@@ -238,6 +238,21 @@ def add_trainer_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue an interrupted run in the same --outdir",
     )
+    flag(
+        parser,
+        "--logger",
+        choices=("csv", "tensorboard", "mlflow"),
+        default="csv",
+        help="experiment tracking besides OUTDIR/logs/*/metrics.csv (always written): "
+        "TensorBoard event files in OUTDIR/tensorboard, or an MLflow run (config, metrics per "
+        "epoch, test metrics, artifacts' paths); needs pip install 'mritumor[tracking]'",
+    )
+    flag(
+        parser,
+        "--tracking_uri",
+        default=None,
+        help="MLflow tracking URI (default: a local file store, file:OUTDIR/mlruns)",
+    )
 
 
 def add_data_on_device_flag(parser: argparse.ArgumentParser) -> None:

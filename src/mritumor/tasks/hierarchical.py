@@ -52,6 +52,7 @@ from mritumor.training import (
     LastCheckpoint,
     build_trainer,
     default_workers,
+    log_run,
 )
 
 log = logging.getLogger(__name__)
@@ -342,7 +343,9 @@ def run_fold(config: HierarchicalConfig, data: PreparedData, split: Split, outdi
     )
     if not trainer.is_global_zero:
         return {}
-    return finish_fold(config, outdir, labels, loaders)
+    report = finish_fold(config, outdir, labels, loaders)
+    log_run(trainer, config.to_flat(), report.get("metrics", {}), outdir)
+    return report
 
 
 def finish_fold(

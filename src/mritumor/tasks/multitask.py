@@ -56,6 +56,7 @@ from mritumor.training import (
     build_trainer,
     default_workers,
     ema_with_warmup,
+    log_run,
     warmup_cosine,
 )
 
@@ -361,7 +362,9 @@ def run_variant(
     )
     if not trainer.is_global_zero:
         return {}
-    return finish_variant(config, outdir, labels, loaders, data)
+    report = finish_variant(config, outdir, labels, loaders, data)
+    log_run(trainer, config.to_flat(), report.get("metrics", {}), outdir)
+    return report
 
 
 def finish_variant(

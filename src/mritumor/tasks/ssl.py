@@ -59,7 +59,7 @@ from mritumor.losses import nt_xent_loss
 from mritumor.models.backbones import build_encoder
 from mritumor.models.simclr import SimCLRModel
 from mritumor.resources import check_writable
-from mritumor.training import LastCheckpoint, build_trainer, default_workers
+from mritumor.training import LastCheckpoint, build_trainer, default_workers, log_run
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +325,7 @@ def pretrain(config: PretrainConfig) -> Path:
             f"no epoch ended with a finite validation loss, so {path} was not written "
             "(try a lower --lr)"
         )
+    log_run(trainer, config.to_flat(), {}, outdir)
     return path
 
 
