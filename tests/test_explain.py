@@ -493,7 +493,7 @@ def test_multitask_checkpoints_are_explained(trained_data, multitask_checkpoint,
     # a segmentation-only (variant A) network has no class prediction to explain
     payload = load_checkpoint(multitask_checkpoint)
     config = {**payload["model_config"], "variant": "A"}
-    net = build_multitask_model("A", config["n_classes"], config["backbone"], config["in_channels"], config["image_size"])  # fmt: skip
+    net = build_multitask_model("A", config["n_classes"], config["backbone"], config["in_channels"], config["image_size"], decoder=config["decoder"])  # fmt: skip
     payload.update(model_config=config, model_state=net.state_dict())
     segmentation_only = save_checkpoint({k: v for k, v in payload.items() if k != "format"}, tmp_path / "seg.pt")  # fmt: skip
     args = ["-q", "explain", "--checkpoint", str(segmentation_only), "--data_root", str(trained_data)]  # fmt: skip

@@ -350,8 +350,11 @@ def log_run(lightning_trainer: L.Trainer, flags: dict, metrics: dict, outdir: st
 
     files = sorted(str(p) for p in Path(outdir).iterdir() if p.is_file())
     for logger in lightning_trainer.loggers:
+        if not isinstance(logger, MLFlowLogger | TensorBoardLogger):
+            continue  # the CSV log stays one row per epoch; test metrics are in their JSON
         logger.log_hyperparams({k: v for k, v in flags.items() if v is not None})
-        logger.log_metrics(values)
+        if values:
+            logger.log_metrics(values)
         if isinstance(logger, MLFlowLogger):
             for path in files:
                 logger.experiment.log_artifact(logger.run_id, path)
