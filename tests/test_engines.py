@@ -252,3 +252,13 @@ def test_evaluate_with_onnx_equals_torch(family, hierarchical_checkpoint, multit
     numeric = [c for c in torch_table.columns if c.startswith(("p_", "prob")) and torch_table[c].dtype.kind == "f"]  # fmt: skip
     assert numeric, list(torch_table.columns)
     np.testing.assert_allclose(onnx_table[numeric].to_numpy(), torch_table[numeric].to_numpy(), atol=1e-4, rtol=0)  # fmt: skip
+
+
+def test_numpy_probabilities_of_a_model_without_grades():
+    from mritumor.inference import arrays
+
+    logits = np.array([[2.0, 0.5, -1.0]], dtype=np.float32)
+    probs = arrays.hierarchical_probabilities(logits, np.zeros((1, 3, 0), np.float32), 2.0)
+    expected = np.exp(logits / 2) / np.exp(logits / 2).sum()
+    np.testing.assert_allclose(probs["type"], expected, rtol=1e-6)
+    assert probs["grade_e2e"].shape == (1, 0) and probs["grade_given_type"].shape == (1, 3, 0)

@@ -143,7 +143,7 @@ def test_learns_types_and_writes_every_seed_artifact(cohort: Path, tmp_path: Pat
     assert uncertainty["ood"]["threshold"] == pytest.approx(state["ood"]["threshold"])
 
 
-def test_dataset_without_grades_skips_grade_artifacts_with_reason(tmp_path: Path):
+def test_dataset_without_grades_skips_grade_artifacts_with_reason(tmp_path: Path, capsys):
     root = write_synthetic_dataset(
         tmp_path / "data",
         patients_per_class=4,
@@ -187,6 +187,15 @@ def test_dataset_without_grades_skips_grade_artifacts_with_reason(tmp_path: Path
     assert (
         not (out / "roc_grade_e2e_ovr.png").exists() and (out / "roc_tumor_type_ovr.png").exists()
     )
+    # predict on a patient of such a model (both engines): type only, no grade fields
+    patient = next(next(root.iterdir()).iterdir())
+    for engine in ("torch", "onnx"):
+        capsys.readouterr()
+        argv = ["-q", "predict", "--checkpoint", str(out / "best.pt"), "--input", str(patient)]
+        assert main([*argv, "--engine", engine]) == 0
+        (record,) = json.loads(capsys.readouterr().out)["patients"]
+        assert sum(record["type_probabilities"].values()) == pytest.approx(1, abs=1e-5)
+        assert "grade_probabilities" not in record and "grade_prediction_set" not in record
 
 
 def test_cross_validation_writes_folds_and_summary(cohort: Path, tmp_path: Path):

@@ -131,7 +131,8 @@ def hierarchical_probabilities(
     grade_logits = np.asarray(grade_logits, dtype=np.float32)
     finite = np.isfinite(grade_logits)
     safe = np.where(finite, grade_logits, np.float32(-1e30))
-    grade_given_type = softmax(safe) * finite
+    # a model trained without grades (figshare) has no grade axis to normalise over
+    grade_given_type = softmax(safe) * finite if grade_logits.shape[-1] else safe * 0
     grade_e2e = np.einsum("bt,btg->bg", type_probs, grade_given_type)
     total = grade_e2e.sum(axis=-1, keepdims=True)
     return {

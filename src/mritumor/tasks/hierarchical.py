@@ -33,10 +33,9 @@ from mritumor.data.labels import LabelSpace
 from mritumor.data.prepare import PreparedData, prepare_data_for
 from mritumor.data.splits import Split, make_folds, sample_labelled_patients
 from mritumor.evaluation.calibration import fit_temperature
-from mritumor.evaluation.conformal import calibration_scores
 from mritumor.evaluation.hierarchical import evaluate_hierarchical
 from mritumor.evaluation.metrics import cv_summary
-from mritumor.evaluation.uncertainty import fit_uncertainty, write_test_uncertainty
+from mritumor.evaluation.uncertainty import write_test_uncertainty
 from mritumor.inference.loops import predict_bags  # shared with `mritumor evaluate`
 from mritumor.models.backbones import build_encoder
 from mritumor.models.hierarchical import (
@@ -47,6 +46,7 @@ from mritumor.models.hierarchical import (
 from mritumor.models.loading import hierarchical_network as model_from_checkpoint
 from mritumor.models.simclr import load_ssl_encoder
 from mritumor.resources import check_writable
+from mritumor.tasks.uncertainty import fit_patient_uncertainty
 from mritumor.training import (
     BestStateCheckpoint,
     LastCheckpoint,
@@ -386,49 +386,6 @@ def finish_fold(
             labels.types, probs["grade_e2e_normalised"], test["grade_true"], labels.grades,
         )  # fmt: skip
     return report
-
-
-def fit_patient_uncertainty(
-    model: TwoStepClassifier, loaders: dict, temperature: float, config: HierarchicalConfig
-) -> dict:
-    """OOD detector on the training patients' pooled embeddings (evaluation bags, no
-    augmentation), threshold and conformal scores of tumour type on the validation patients,
-    and conformal scores of the end-to-end grade where grades are known."""
-    source = loaders["train_dataset"]
-    plain = PatientBagDataset(
-        source.cache,
-        source.patient_ids,
-        source.labels,
-        source.bag_size,
-        "uniform" if source.bag_policy == "random" else source.bag_policy,
-        slices=config.bag_slices,
-    )
-    train = predict_bags(
-        model, DataLoader(plain, batch_size=config.batch_size, collate_fn=collate_bags)
-    )
-    val = predict_bags(model, loaders["val"])
-    val_probs = probabilities_from_prediction(val, temperature)
-    state = fit_uncertainty(
-        train["patient_embedding"],
-        train["type_true"],
-        val["patient_embedding"],
-        val_probs["type"],
-        val["type_true"],
-        coverage=config.coverage,
-    )
-    if (val["grade_true"] >= 0).any():
-        state["grade_conformal"] = {
-            "method": state["conformal"]["method"],
-            "coverage": config.coverage,
-            "scores": torch.as_tensor(
-                calibration_scores(
-                    val_probs["grade_e2e_normalised"],
-                    val["grade_true"],
-                    state["conformal"]["method"],
-                )
-            ),
-        }
-    return state
 
 
 def checkpoint_payload(

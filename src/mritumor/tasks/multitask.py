@@ -37,7 +37,7 @@ from mritumor.data.splits import Split
 from mritumor.errors import DataError
 from mritumor.evaluation.calibration import fit_temperature
 from mritumor.evaluation.multitask import evaluate_multitask, write_comparison
-from mritumor.evaluation.uncertainty import fit_uncertainty, softmax, write_test_uncertainty
+from mritumor.evaluation.uncertainty import softmax, write_test_uncertainty
 from mritumor.inference.loops import predict_slices  # shared with `mritumor evaluate`
 from mritumor.losses import segmentation_loss
 from mritumor.models.loading import multitask_network as model_from_checkpoint
@@ -50,6 +50,7 @@ from mritumor.models.multitask import (
 )
 from mritumor.models.simclr import load_ssl_encoder
 from mritumor.resources import check_writable
+from mritumor.tasks.uncertainty import fit_slice_uncertainty
 from mritumor.training import (
     BestStateCheckpoint,
     LastCheckpoint,
@@ -405,27 +406,6 @@ def finish_variant(
             state, outdir, test["class_embedding"], probs, test["type_true"], labels.types
         )
     return report
-
-
-def fit_slice_uncertainty(
-    model: MultiTaskNet, loaders: dict, data, temperature: float, config: MultitaskConfig
-) -> dict:
-    """OOD detector on the training slices' class embeddings (un-augmented), its threshold and
-    the conformal scores on the validation slices and patients (:mod:`..evaluation.uncertainty`)."""
-    train_rows = loaders["train_dataset"].rows
-    plain = SliceDataset(data.cache, train_rows, loaders["train_dataset"].labels, identity)
-    train = predict_slices(model, DataLoader(plain, batch_size=config.batch_size))
-    val = predict_slices(model, loaders["val"])
-    patients = data.cache.catalog.table["patient_id"].to_numpy()[val["rows"]]
-    return fit_uncertainty(
-        train["class_embedding"],
-        train["type_true"],
-        val["class_embedding"],
-        softmax(val["class_logits"].numpy(), temperature),
-        val["type_true"],
-        val_groups=patients.tolist(),
-        coverage=config.coverage,
-    )
 
 
 def checkpoint_payload(
