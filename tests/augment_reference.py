@@ -47,7 +47,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from mritumor.data.transforms import SSL_CONFIG, AugmentConfig
+# input checks are not what the reference is an independent check of: shared with src
+from mritumor.data.transforms import SSL_CONFIG, AugmentConfig, _check_image_size, _validated
 
 STRENGTHS = ("train", "ssl")
 KINDS = ("train", "ssl", "eval")
@@ -289,33 +290,6 @@ def _torch_intensity_ops(config: AugmentConfig) -> v2.Transform:
         noise = v2.GaussianNoise(sigma=config.noise_std, clip=False)
         ops.append(v2.RandomApply([noise], p=config.noise_p))
     return v2.Compose(ops) if ops else v2.Identity()  # Compose refuses an empty list
-
-
-def _check_image_size(image_size: int) -> None:
-    _check(
-        isinstance(image_size, int) and image_size > 0,
-        f"image_size must be a positive int, got {image_size!r}",
-    )
-
-
-def _validated(
-    image: torch.Tensor, mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Check shapes and bring dtypes to float32 image / uint8 mask."""
-    _check(
-        isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] >= 1,
-        f"image must be a (C, H, W) tensor, got {getattr(image, 'shape', type(image))}",
-    )
-    _check(image.is_floating_point(), f"image must be a float tensor in [0, 1], got {image.dtype}")
-    image = image.to(torch.float32)
-    if mask is None:
-        return image, None
-    _check(
-        isinstance(mask, torch.Tensor) and mask.shape == (1, *image.shape[-2:]),
-        f"mask must be a (1, H, W) tensor matching image {tuple(image.shape)}, "
-        f"got {getattr(mask, 'shape', type(mask))}",
-    )
-    return image, mask.to(torch.uint8)
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
