@@ -30,7 +30,7 @@ case "$WHAT" in
   ablate)
     run F_fcn "$DATA" --variant F --decoder fcn
     run F_size96 "$DATA" --variant F --image_size 96
-    run F_half_epochs "$DATA" --variant F --epochs 15
+    run F_half_epochs "$DATA" --variant F --epochs 8
     run F_no_augment "$DATA" --variant F --augment none
     run F_dice_focal "$DATA" --variant F --seg_loss dice_focal
     run F_no_ema "$DATA" --variant F --ema_decay 0
