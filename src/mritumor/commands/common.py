@@ -155,6 +155,18 @@ def add_coverage_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tta_flag(parser: argparse.ArgumentParser) -> None:
+    flag(
+        parser,
+        "--tta",
+        type=int,
+        default=1,
+        help="test-time augmentation: average the logits over this many flips/turns of every "
+        "slice (1: none, up to 8; 2 adds the horizontal flip every model trains with, more "
+        "views suit models trained with --augment shift)",
+    )
+
+
 def add_recipe_flag(parser: argparse.ArgumentParser) -> None:
     flag(
         parser,

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from mritumor.commands.common import add_command, add_config_flag, add_data_flags, flag
+from mritumor.commands.common import (
+    add_command,
+    add_config_flag,
+    add_data_flags,
+    add_tta_flag,
+    flag,
+)
 
 DESCRIPTION = """\
 External validation: every patient of --data_root is a test patient (with --split_file: the
@@ -63,6 +69,7 @@ def register(subcommands) -> None:
         help="what runs the network: ONNX Runtime (onnx; exported once per checkpoint, checked "
         "against PyTorch), PyTorch (torch), or onnx when installed (auto)",
     )
+    add_tta_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -89,6 +96,7 @@ def run(args: argparse.Namespace) -> None:
         cache_dir=args.cache_dir,
         progress=not args.quiet,
         engine=args.engine,
+        tta=args.tta,
     )
     save_resolved_config(args, args.outdir)
     summary = result["evaluation"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mritumor.commands.common import add_command, flag
+from mritumor.commands.common import add_command, add_tta_flag, flag
 
 DESCRIPTION = """\
 --input is one image file (PNG/JPG/TIFF/BMP/NPY or DICOM), a NIfTI volume (.nii, .nii.gz: one
@@ -114,6 +114,7 @@ def register(subcommands) -> None:
         help="answer 'uncertain' instead of a tumour type for an input the checkpoint flags as "
         "out of distribution",
     )
+    add_tta_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -130,6 +131,7 @@ def run(args: argparse.Namespace) -> None:
         all_slices=args.all_slices,
         progress=not args.quiet,
         engine=args.engine,
+        tta=args.tta,
         resume=args.resume,
         threads=args.threads or None,
         coverage=args.coverage,

@@ -30,22 +30,27 @@ def evaluate_checkpoint(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     engine: str = "auto",
+    tta: int = 1,
 ) -> dict:
     """The full test evaluation of a trained model on ``data_root``: every patient (or the test
     part of ``split_file``), the checkpoint's preprocessing, bags and temperature; the same
     artifacts as at the end of training, plus ``evaluation.json`` (what was evaluated).
     ``engine``: what runs the network (:func:`~mritumor.inference.engines.select_onnx`;
-    ``torch`` runs the checkpoint's network exactly as training's test part does)."""
+    ``torch`` runs the checkpoint's network exactly as training's test part does); ``tta``:
+    views averaged per slice (:mod:`~mritumor.inference.tta`; 1: none)."""
     from mritumor.data.cache import SliceCache, infer_channels
     from mritumor.data.readers import read_catalog
     from mritumor.data.splits import Split, load_split
-    from mritumor.inference.engines import select_onnx
+    from mritumor.inference.engines import TorchEngine, select_onnx
+    from mritumor.inference.tta import TTAEngine, check_views
     from mritumor.resources import check_writable
 
     outdir = check_writable(outdir, "--outdir")
     loaded = load_model(checkpoint)
     found = select_onnx(engine, checkpoint, loaded)
     runner = found[0] if found else None
+    if check_views(tta) > 1:
+        runner = TTAEngine(runner if runner is not None else TorchEngine(loaded), tta)
     catalog = read_catalog(data_root, format=format, strict=strict)
     check_channels(infer_channels(catalog), loaded, f"--data_root {data_root}")
     if split_file:
@@ -121,6 +126,7 @@ def evaluate_checkpoint(
         else None,
         "model_made": (loaded.checkpoint.get("metadata") or {}).get("date"),
         "engine": runner.name if runner is not None else "torch",
+        "tta": tta,
     }
     (outdir / runfiles.EVALUATION).write_text(json.dumps(summary, indent=2))
     return {**result, "evaluation": summary}

@@ -44,6 +44,7 @@ def predict(
     threads: int | None = None,
     coverage: float | None = None,
     abstain: bool = False,
+    tta: int = 1,
 ) -> dict:
     """Predict every patient of ``input``; write the results (see :func:`write_output`):
     ``output`` given → there; else one patient → JSON on stdout, several → ``predictions.csv``
@@ -51,7 +52,7 @@ def predict(
     :func:`~mritumor.inference.engines.select_engine`); ``resume``: keep the patients a
     .csv/.jsonl ``output`` already holds and predict only the others. Returns the document
     (``model``, ``patients``, ``skipped``, and ``resumed``: patients kept from the file) with
-    ``output`` (the file written, or None for stdout). ``coverage``/``abstain``: see
+    ``output`` (the file written, or None for stdout). ``coverage``/``abstain``/``tta``: see
     :class:`~mritumor.inference.predictor.Predictor`."""
     output = check_output(output)
     loaded = None
@@ -68,6 +69,7 @@ def predict(
         loaded=loaded,
         coverage=coverage,
         abstain=abstain,
+        tta=tta,
     )
     model = predictor.loaded
     if save_masks is not None and not model.segments:

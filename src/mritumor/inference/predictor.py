@@ -35,6 +35,7 @@ from mritumor.inference import arrays
 from mritumor.inference.checks import check_channels
 from mritumor.inference.engines import TorchEngine, fold_batchnorm, select_engine
 from mritumor.inference.inputs import SUPPORTED, PatientInput, SliceRef, plane, read_volume, where
+from mritumor.inference.tta import TTAEngine, check_views
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +125,15 @@ class Predictor:
         loaded=None,
         coverage: float | None = None,
         abstain: bool = False,
+        tta: int = 1,
     ) -> Predictor:
         """The predictor of a checkpoint with ``engine`` ``torch``, ``onnx`` or ``auto`` (see
         :func:`~mritumor.inference.engines.select_engine`); ``threads``: the engine's (None:
-        the machine's CPUs); ``loaded``: the checkpoint already loaded, if it is."""
+        the machine's CPUs); ``loaded``: the checkpoint already loaded, if it is; ``tta``:
+        views averaged per slice (:mod:`~mritumor.inference.tta`; 1: none)."""
         runner, model = select_engine(engine, checkpoint, loaded, cache_dir, threads)
+        if check_views(tta) > 1:
+            runner = TTAEngine(runner, tta)
         return cls(
             model,
             calibrated=calibrated,
@@ -155,6 +160,7 @@ class Predictor:
             "channels": loaded.preprocessing.channels,
             "bag": bag,
             "engine": self.engine.name,
+            "tta": getattr(self.engine, "n", 1),
         }
 
     # -- reading
