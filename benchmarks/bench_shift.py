@@ -16,7 +16,7 @@ Per condition: slice type accuracy, ECE (15 bins), coverage and mean size of the
 at the stored threshold, the OOD AUROC of the condition's slices against the clean ones, and
 Dice (figshare conditions). ``--tta N`` wraps the engine in :class:`TTAEngine`.
 
-Not covered here: leave-one-institution-out on LGG (five trainings; see RESULTS).
+Leave-one-institution-out on LGG (five trainings) is `benchmarks/bench_loio.py`.
 
 Usage: python benchmarks/bench_shift.py --checkpoint RUN/best.pt --out shift.json [--tta 4]
 """
