@@ -13,7 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from mritumor.checkpoints import load_checkpoint
+from mritumor.cli import build_parser, main
+from mritumor.commands.common import INTENSITY_METHODS as FLAG_CHOICES
+from mritumor.commands.common import apply_config
+from mritumor.config import HierarchicalConfig
 from mritumor.data import intensity, io
 from mritumor.data.cache import (
     CACHE_FORMAT,
@@ -23,10 +29,11 @@ from mritumor.data.cache import (
     preprocess_image,
     resize_square,
 )
+from mritumor.data.prepare import prepare_data_for
 from mritumor.data.readers import read_catalog
 from mritumor.inference import arrays
-from mritumor.inference.card import Prep
-from mritumor.models.loading import preprocessing_of
+from mritumor.inference.card import ModelCard, Prep
+from mritumor.models.loading import load_model, preprocessing_of
 
 # ------------------------------------------------------------------ the code before the option
 
@@ -180,14 +187,32 @@ def test_per_channel_masks_and_a_tiny_foreground_falls_back_to_all_pixels():
         assert torch.equal(both[c], single[0])
 
 
-def test_unknown_method_is_refused():
+def test_unknown_method_is_refused_and_the_flag_offers_the_methods():
     with pytest.raises(ValueError, match="intensity"):
         Preprocessing(intensity="zscore")
     with pytest.raises(ValueError, match="intensity"):
         intensity.intensity_window(np.zeros((1, 4), np.float32), "zscore", 0.5, 99.5)
+    assert FLAG_CHOICES == intensity.INTENSITY_METHODS
 
 
 # ------------------------------------------------------------------------------ plumbing
+
+
+def test_the_flag_reaches_the_cache_of_a_training_run(folder_tree: Path):
+    argv = ["train-hierarchical", "--data_root", str(folder_tree), "--outdir", "O"]
+    argv += ["--image_size", "32", "--intensity", "foreground"]
+    parser = build_parser()
+    config = HierarchicalConfig.from_flags(
+        vars(apply_config(parser, parser.parse_args(argv), argv))
+    )
+    assert config.data.intensity == "foreground"
+    data = prepare_data_for(config.data, progress=False)
+    assert data.cache.prep == Preprocessing(image_size=32, channels=1, intensity="foreground")
+    row = 5
+    raw = io.read_image(data.catalog.table.at[row, "image"])
+    expected = preprocess_image(raw, data.cache.prep)
+    np.testing.assert_array_equal(np.asarray(data.cache.images[row]), expected.numpy())
+    assert not torch.equal(expected, preprocess_image(raw, Preprocessing(image_size=32)))
 
 
 def test_checkpoints_without_the_key_load_as_percentile():
@@ -198,3 +223,98 @@ def test_checkpoints_without_the_key_load_as_percentile():
     assert new == Preprocessing(64, 3, intensity="foreground")
     # an ONNX card cached before the option existed
     assert Prep(**old) == Prep(64, 3, 0.5, 99.5, "percentile")
+
+
+TRAIN = {
+    "hierarchical": ["train-hierarchical", "--bag_size", "4", "--batch_size", "4"],
+    "multitask": ["train-multitask", "--variant", "B", "--batch_size", "16"],
+}
+
+
+@pytest.mark.parametrize("task", TRAIN)
+def test_a_foreground_run_is_predicted_with_foreground(task, trained_data: Path, tmp_path: Path, capsys):  # fmt: skip
+    """Train one tiny epoch with --intensity foreground: the checkpoint records it, loading and
+    the ONNX card keep it, and predict (PyTorch, and ONNX Runtime through the card and the
+    numpy twin) gives the network's probabilities on slices standardised by hand with the
+    foreground method (not the percentile one)."""
+    outdir = tmp_path / "run"
+    argv = ["-q", *TRAIN[task], "--data_root", str(trained_data), "--outdir", str(outdir)]
+    argv += ["--backbone", "small_cnn", "--image_size", "32", "--epochs", "1", "--augment"]
+    argv += ["none", "--patience", "0", "--num_workers", "0", "--val_frac", "0.2", "--test_frac"]
+    argv += ["0.3", "--n_boot", "10", "--intensity", "foreground", "--no_calibration"]
+    assert main(argv) == 0
+    checkpoint = outdir / "best.pt"
+    assert load_checkpoint(checkpoint)["preprocessing"]["intensity"] == "foreground"
+    loaded = load_model(checkpoint)
+    assert loaded.preprocessing == Preprocessing(32, 1, intensity="foreground")
+    card = ModelCard.from_loaded(loaded)
+    assert ModelCard.from_dict(card.to_dict(), checkpoint).preprocessing.intensity == "foreground"
+
+    catalog = read_catalog(trained_data)
+    patient = catalog.patients[0]
+    rows = catalog.table[catalog.table["patient_id"] == patient]
+    raw = [io.read_image(path) for path in rows["image"]]
+    expected = {}
+    for method in ("foreground", "percentile"):
+        prep = Preprocessing(32, 1, intensity=method)
+        images = torch.stack([preprocess_image(r, prep).float() for r in raw])
+        with torch.no_grad():
+            if task == "hierarchical":  # its bag of 4 is the patient's 4 slices
+                bag = torch.ones(1, len(images), dtype=torch.bool)
+                probabilities = F.softmax(loaded.model(images[None], bag)["type_logits"][0], -1)
+            else:  # the patient's probabilities are the mean of its slices'
+                probabilities = F.softmax(loaded.model(images)["class_logits"], -1).mean(0)
+        expected[method] = probabilities.numpy()
+    difference = np.abs(expected["foreground"] - expected["percentile"]).max()
+    patient_dir = next(trained_data.glob(f"*/{patient}"))
+    # the ONNX path differs from PyTorch by float32 rounding and, now and then, one float16
+    # step of an input pixel: far below what telling the two methods apart needs
+    for engine, tolerance in (("torch", 2e-6), ("onnx", 1e-5)):
+        assert difference > 3 * tolerance
+        capsys.readouterr()
+        assert main(["-q", "predict", "--checkpoint", str(checkpoint), "--input",
+                     str(patient_dir), "--engine", engine]) == 0  # fmt: skip
+        result = json.loads(capsys.readouterr().out)
+        assert result["model"]["intensity"] == "foreground" and result["model"]["engine"] == engine
+        record = result["patients"][0]
+        predicted = [record["type_probabilities"][t] for t in loaded.labels.types]
+        np.testing.assert_allclose(predicted, expected["foreground"], atol=tolerance)
+
+
+def test_evaluate_ssl_follows_the_pretraining_checkpoints_method(tmp_path: Path, monkeypatch):
+    """A SimCLR checkpoint brings its method (``percentile`` when it records none); only the
+    random baseline takes the argument."""
+    from mritumor import ssl_eval
+    from mritumor.checkpoints import save_checkpoint
+    from mritumor.models.backbones import build_encoder
+
+    class Prepared(Exception):
+        pass
+
+    seen = []
+
+    def spy(data_config, *args, **kwargs):
+        seen.append(data_config.intensity)
+        raise Prepared
+
+    monkeypatch.setattr(ssl_eval, "prepare_data_for", spy)
+    encoder = build_encoder("small_cnn", 1, 32)
+    payload = {
+        "simclr_state": {f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+        "encoder_config": encoder.config.to_dict(),
+    }
+    recorded = {"image_size": 32, "channels": 1, "clip_low": 0.5, "clip_high": 99.5}
+    cases = [
+        (recorded | {"intensity": "foreground"}, "percentile", "foreground"),
+        (recorded, "foreground", "percentile"),  # written before the option
+        (None, "foreground", "foreground"),  # --ckpt random
+    ]
+    for preprocessing, argument, expected in cases:
+        if preprocessing is None:
+            ckpt = "random"
+        else:
+            metadata = {"preprocessing": preprocessing}
+            ckpt = str(save_checkpoint(payload | {"metadata": metadata}, tmp_path / "s.pt"))
+        with pytest.raises(Prepared):
+            ssl_eval.evaluate_ssl(ckpt, tmp_path, tmp_path / "out", intensity=argument)
+        assert seen[-1] == expected
