@@ -28,6 +28,7 @@ import json
 import platform
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ import torch
 from torchvision.transforms.v2 import functional as tvf
 
 from mritumor.data import augment_ops as ops
-from mritumor.data.cache import Preprocessing, SliceCache
+from mritumor.data.cache import SliceCache
 from mritumor.data.datasets import SliceDataset, rows_of_patients
 from mritumor.data.labels import LabelSpace
 from mritumor.data.readers import read_catalog
@@ -162,9 +163,9 @@ def figshare_batches(loaded, root: str, batch_size: int, limit: int | None):
 
 def lgg_batches(loaded, root: str, batch_size: int, limit: int, seed: int = 0) -> dict:
     """FLAIR of the tumour slices and post-contrast T1 of the tumour-free slices, each one
-    channel at the model's size (the cache's percentile clipping per image, 3 channels)."""
+    channel at the model's size (the model's own intensity standardisation, 3 channels)."""
     catalog = read_catalog(root)
-    prep = Preprocessing(image_size=loaded.preprocessing.image_size, channels=3)
+    prep = replace(loaded.preprocessing, channels=3)  # the model's size and intensity method
     cache = SliceCache.build(catalog, prep, progress=False)
     dataset = SliceDataset(cache, np.arange(len(cache.catalog)), LabelSpace.from_table(catalog.table))  # fmt: skip
     rng = np.random.default_rng(seed)

@@ -34,6 +34,7 @@ CONFIGS = {
 }
 # Non-default values for the flags every training command has, plus some of each command's.
 SHARED = ["--format", "folder", "--strict", "--channels", "3", "--cache_dir", "C"]
+SHARED += ["--intensity", "foreground"]
 SHARED += ["--val_frac", "0.2", "--test_frac", "0.25", "--seed", "7", "--group_by", "site"]
 SHARED += ["--accelerator", "cpu", "--devices", "2", "--num_nodes", "3", "--precision", "16"]
 SHARED += ["--num_workers", "0", "--deterministic", "--resume", "--data_on_device", "off"]
@@ -67,7 +68,8 @@ def test_from_flags_then_to_flat_is_the_parsed_command_line(command):
     # nested parts filled from the same mapping
     assert config.data == DataConfig(
         data_root="D", format="folder", strict=True, image_size=args.image_size, channels=3,
-        cache_dir="C", split_file=None, val_frac=0.2, test_frac=0.25, seed=7, group_by="site",
+        intensity="foreground", cache_dir="C", split_file=None, val_frac=0.2, test_frac=0.25,
+        seed=7, group_by="site",
     )  # fmt: skip
     assert config.trainer == TrainerConfig(
         accelerator="cpu", devices="2", num_nodes=3, precision="16", num_workers=0,

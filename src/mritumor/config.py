@@ -100,6 +100,7 @@ class DataConfig(FlagConfig):
     strict: bool = False
     image_size: int = 224
     channels: int | None = None
+    intensity: str = "percentile"
     cache_dir: str | Path | None = None
     split_file: str | Path | None = None
     val_frac: float = 0.15

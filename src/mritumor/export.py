@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -126,10 +127,13 @@ def sidecar(loaded: LoadedModel, fmt: str, inputs: list[str], outputs: list[str]
         "types": list(loaded.labels.types),
         "grades": list(loaded.labels.grades),
         "temperature": loaded.temperature,
-        "preprocessing": checkpoint.get("preprocessing"),
-        "preprocessing_steps": "per channel: clip to the clip_low/clip_high percentiles and "
-        "scale to [0, 1]; zero-pad to a centred square; resize to image_size (bilinear, "
-        "antialiased); round to float16 (mritumor.data.cache.preprocess_image)",
+        # all fields, defaults included: an older checkpoint lacks the newer keys
+        "preprocessing": asdict(loaded.preprocessing),
+        "preprocessing_steps": "per channel: clip to the clip_low/clip_high percentiles (of "
+        "all pixels for intensity 'percentile'; of the foreground for 'foreground', see "
+        "mritumor.data.intensity, background then 0) and scale to [0, 1]; zero-pad to a "
+        "centred square; resize to image_size (bilinear, antialiased); round to float16 "
+        "(mritumor.data.cache.preprocess_image)",
         "bag": checkpoint.get("bag"),
         "probabilities": "softmax(type_logits / temperature); hierarchical grade: "
         "P(g) = sum_t P(t) softmax(grade_logits[t])(g)",

@@ -113,6 +113,7 @@ def evaluate_ssl(
     encoder_name: str = "mobilenet_v2",
     image_size: int = 224,
     channels: int | None = None,
+    intensity: str = "percentile",
     label_fraction: float = 1.0,
     knn_k: int = 5,
     batch_size: int = 128,
@@ -132,7 +133,8 @@ def evaluate_ssl(
 
     ``ckpt``: a ``simclr_pretrain.pt`` (its encoder, image size and channels are used), or
     ``"random"`` for a randomly initialised ``encoder_name`` (seeded with ``seed``) at
-    ``image_size``/``channels``. Probes train on the train+val patients (``label_fraction`` of
+    ``image_size``/``channels``/``intensity`` (a checkpoint's own intensity method is used,
+    ``percentile`` for one written before the choice existed). Probes train on the train+val patients (``label_fraction`` of
     them, stratified by type) and are tested on the test patients. Without ``split_file`` the
     split recorded in the checkpoint is used when it covers the data (so the test patients are
     unseen by pretraining); otherwise a fresh patient-level split is made with ``seed``.
@@ -146,6 +148,8 @@ def evaluate_ssl(
     if payload is not None:
         encoder = _encoder_from_payload(payload, ckpt)
         image_size, channels = encoder.config.image_size, encoder.config.in_channels
+        recorded_prep = (payload.get("metadata") or {}).get("preprocessing") or {}
+        intensity = recorded_prep.get("intensity", "percentile")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
     data_config = DataConfig(
@@ -154,6 +158,7 @@ def evaluate_ssl(
         strict=strict,
         image_size=image_size,
         channels=channels,
+        intensity=intensity,
         cache_dir=cache_dir,
         split_file=split_file,
         val_frac=val_frac,

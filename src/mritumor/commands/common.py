@@ -108,6 +108,28 @@ def add_data_flags(parser: argparse.ArgumentParser, required: bool = True) -> No
     flag(parser, "--strict", action="store_true", help="make any skipped file or patient fatal")
 
 
+# mritumor.data.intensity.INTENSITY_METHODS (a test keeps them equal), spelled out so that
+# building the command line imports no data code.
+INTENSITY_METHODS = ("percentile", "foreground")
+
+
+def add_intensity_flag(
+    parser: argparse.ArgumentParser,
+    note: str = "; stored in best.pt, and evaluate, predict and serve use the model's own",
+) -> None:
+    flag(
+        parser,
+        "--intensity",
+        choices=INTENSITY_METHODS,
+        default="percentile",
+        help="intensity standardisation per slice and channel, before resizing: percentile "
+        "clips to the 0.5/99.5 percentiles of all pixels and scales to [0, 1] (the background's "
+        "share, which differs by scanner, plane and padding, moves the window); foreground "
+        "takes those percentiles over the head only (pixels above 5 %% of the robust range) "
+        "and sets the background to 0, so the amount of background does not matter" + note,
+    )
+
+
 def add_split_flags(parser: argparse.ArgumentParser) -> None:
     flag(
         parser,

@@ -11,6 +11,7 @@ from mritumor.commands.common import (
     add_coverage_flag,
     add_data_flags,
     add_data_on_device_flag,
+    add_intensity_flag,
     add_recipe_flag,
     add_split_flags,
     add_trainer_flags,
@@ -84,6 +85,7 @@ def register(subcommands) -> None:
     flag(
         parser, "--channels", type=int, default=None, help="input channels (default: from the data)"
     )
+    add_intensity_flag(parser)
     flag(
         parser,
         "--pretrained",

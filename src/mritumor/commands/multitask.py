@@ -11,6 +11,7 @@ from mritumor.commands.common import (
     add_coverage_flag,
     add_data_flags,
     add_data_on_device_flag,
+    add_intensity_flag,
     add_recipe_flag,
     add_split_flags,
     add_trainer_flags,
@@ -66,6 +67,7 @@ def register(subcommands) -> None:
     )
     flag(parser, "--image_size", type=int, default=256, help="slices are resized to this size")
     flag(parser, "--channels", type=int, default=None, help="input channels (default: from data)")
+    add_intensity_flag(parser)
     flag(parser, "--epochs", type=int, default=30, help="maximum training epochs per variant")
     flag(parser, "--batch_size", type=int, default=16, help="slices per batch")
     flag(parser, "--lr", type=float, default=1e-3, help="AdamW learning rate (cosine schedule)")

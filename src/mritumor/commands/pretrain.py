@@ -8,6 +8,7 @@ from mritumor.commands.common import (
     add_config_flag,
     add_data_flags,
     add_data_on_device_flag,
+    add_intensity_flag,
     add_recipe_flag,
     add_split_flags,
     add_trainer_flags,
@@ -143,6 +144,11 @@ def add_encoder_flags(parser, only_random: bool = False) -> None:
         default=None,
         help="input channels (None: from the data; 1 grayscale, 3 for RGB/multi-sequence)" + note,
     )
+    add_intensity_flag(
+        parser,
+        note
+        or "; stored in simclr_pretrain.pt and followed by evaluate-ssl (fine-tune with the same)",
+    )
     flag(
         parser,
         "--cache_dir",
@@ -174,6 +180,7 @@ def run_evaluate(args) -> None:
         encoder_name=args.encoder,
         image_size=args.image_size,
         channels=args.channels,
+        intensity=args.intensity,
         label_fraction=args.label_fraction,
         knn_k=args.knn_k,
         batch_size=args.batch_size,

@@ -27,6 +27,12 @@ from tqdm.auto import tqdm
 
 from mritumor.data import io
 from mritumor.data.catalog import Catalog, Problem, check_not_empty, raise_if_strict
+from mritumor.data.intensity import (
+    FOREGROUND_FRACTION,
+    INTENSITY_METHODS,
+    MIN_FOREGROUND,
+    intensity_window,
+)
 from mritumor.resources import ResourceError, check_free_space, check_writable
 
 log = logging.getLogger(__name__)
@@ -41,23 +47,31 @@ class Preprocessing:
     channels: int = 1
     clip_low: float = 0.5  # percentiles: robust to the few extreme voxels MRI often has
     clip_high: float = 99.5
+    # over which pixels the clip percentiles are taken (mritumor.data.intensity): all of them,
+    # or the head only (background then 0)
+    intensity: str = "percentile"
 
     def __post_init__(self) -> None:
         if not 16 <= self.image_size <= 2048:
             raise ValueError(f"image_size {self.image_size} outside 16..2048")
         if self.channels < 1:
             raise ValueError("channels must be ≥ 1")
+        if self.intensity not in INTENSITY_METHODS:
+            raise ValueError(
+                f"intensity must be one of {INTENSITY_METHODS}, not {self.intensity!r}"
+            )
 
 
 def preprocess_image(image: np.ndarray, prep: Preprocessing) -> torch.Tensor:
-    """(C, H, W) raw → (prep.channels, S, S) float16 in [0, 1]."""
+    """(C, H, W) raw → (prep.channels, S, S) float16 in [0, 1]: each channel clipped to its
+    intensity window (:mod:`mritumor.data.intensity`; for ``foreground`` the background lies
+    below it and becomes 0), scaled, then padded to a square and resized."""
     tensor = match_channels(
         torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), prep.channels
     )
     flat = tensor.reshape(tensor.shape[0], -1).numpy()
-    # numpy's partition-based percentile is several times faster than torch.quantile's sort.
-    low, high = np.percentile(flat, [prep.clip_low, prep.clip_high], axis=1).astype(np.float32)
-    low, high = torch.from_numpy(low).view(-1, 1, 1), torch.from_numpy(high).view(-1, 1, 1)
+    lows, highs = intensity_window(flat, prep.intensity, prep.clip_low, prep.clip_high)
+    low, high = torch.from_numpy(lows).view(-1, 1, 1), torch.from_numpy(highs).view(-1, 1, 1)
     # A constant channel has high == low; it maps to 0 rather than dividing by zero.
     scaled = ((tensor - low) / (high - low).clamp_min(1e-6)).clamp_(0, 1)
     return resize_square(scaled, prep.image_size, "bilinear").to(torch.float16)
@@ -266,7 +280,7 @@ def _save_meta(folder: Path, images, masks, has_mask: np.ndarray, failed: dict[i
 
 def cache_key(catalog: Catalog, prep: Preprocessing) -> str:
     """Changes whenever a file, its order, or a preprocessing parameter changes."""
-    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, asdict(prep)]).encode())
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, _key_parameters(prep)]).encode())
     for image, frame, mask in catalog.table[["image", "frame", "mask"]].itertuples(index=False):
         for path in (image, mask):
             if path is None:
@@ -281,6 +295,18 @@ def cache_key(catalog: Catalog, prep: Preprocessing) -> str:
                 digest.update(f"{path}|missing".encode("utf-8", "surrogateescape"))
         digest.update(str(frame).encode())
     return digest.hexdigest()[:24]
+
+
+def _key_parameters(prep: Preprocessing) -> dict:
+    """The preprocessing part of the key. The default method is left out, so caches written
+    before ``intensity`` existed (the same values, bit for bit) keep their key; the foreground
+    method's constants are put in, so changing them cannot re-use stale files."""
+    parameters = asdict(prep)
+    if prep.intensity == "percentile":
+        del parameters["intensity"]
+    else:
+        parameters["foreground"] = [FOREGROUND_FRACTION, MIN_FOREGROUND]
+    return parameters
 
 
 def _bytes_needed(n: int, prep: Preprocessing) -> int:

@@ -41,6 +41,7 @@ def prepare_data(
     strict: bool = False,
     image_size: int = 224,
     channels: int | None = None,
+    intensity: str = "percentile",
     cache_dir: str | Path | None = None,
     split_file: str | Path | None = None,
     val_frac: float = 0.15,
@@ -52,7 +53,7 @@ def prepare_data(
 ) -> PreparedData:
     catalog = read_catalog(data_root, format=format, strict=strict)
     channels = channels or infer_channels(catalog)
-    prep = Preprocessing(image_size=image_size, channels=channels)
+    prep = Preprocessing(image_size=image_size, channels=channels, intensity=intensity)
     cache = SliceCache.build(catalog, prep, cache_dir=cache_dir, strict=strict, progress=progress)
     catalog = cache.catalog
     if split_file:
@@ -88,6 +89,7 @@ def prepare_data_for(
         strict=data.strict,
         image_size=data.image_size,
         channels=data.channels,
+        intensity=data.intensity,
         cache_dir=data.cache_dir,
         split_file=data.split_file,
         val_frac=data.val_frac,

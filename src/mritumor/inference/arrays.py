@@ -3,8 +3,9 @@ cached ONNX model, ``mritumor predict`` then never imports torch (seconds of sta
 
 Each function mirrors a torch one and is tested against it (``tests/test_engines.py``):
 
-* :func:`preprocess_image` ↔ :func:`mritumor.data.cache.preprocess_image` (clip to percentiles,
-  scale to [0, 1], zero-pad to a centred square, antialiased bilinear resize, float16 rounding).
+* :func:`preprocess_image` ↔ :func:`mritumor.data.cache.preprocess_image` (clip to percentiles
+  of all pixels or of the foreground, both computed by :mod:`mritumor.data.intensity`, scale to
+  [0, 1], zero-pad to a centred square, antialiased bilinear resize, float16 rounding).
   The resize uses torch's own weights (``_upsample_bilinear2d_aa``, PIL's triangle filter), so
   the two differ by float32 rounding only: after the float16 rounding a pixel now and then lands
   one float16 step (≤ 4.9e-4) away, far below what moves a probability by 1e-4;
@@ -19,13 +20,15 @@ from functools import lru_cache
 
 import numpy as np
 
+from mritumor.data.intensity import intensity_window  # numpy only: the cache's own statistics
+
 
 def preprocess_image(image: np.ndarray, prep) -> np.ndarray:
     """(C, H, W) raw → (prep.channels, S, S) float32 holding float16 values in [0, 1]; ``prep``
-    is a :class:`~mritumor.data.cache.Preprocessing` or anything with its four fields."""
+    is a :class:`~mritumor.data.cache.Preprocessing` or anything with its five fields."""
     array = match_channels(np.ascontiguousarray(image, dtype=np.float32), prep.channels)
     flat = array.reshape(array.shape[0], -1)
-    low, high = np.percentile(flat, [prep.clip_low, prep.clip_high], axis=1).astype(np.float32)
+    low, high = intensity_window(flat, prep.intensity, prep.clip_low, prep.clip_high)
     low, high = low[:, None, None], high[:, None, None]
     # as the cache: a constant channel (high == low) maps to 0 instead of dividing by zero
     scaled = np.clip((array - low) / np.maximum(high - low, np.float32(1e-6)), 0, 1)

@@ -26,6 +26,7 @@ class Prep:
     channels: int
     clip_low: float
     clip_high: float
+    intensity: str = "percentile"  # cards cached before the option existed: the old method
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,9 @@ class ModelCard:
         return cls(
             task=loaded.task,
             labels=Labels(tuple(loaded.labels.types), tuple(loaded.labels.grades)),
-            preprocessing=Prep(prep.image_size, prep.channels, prep.clip_low, prep.clip_high),
+            preprocessing=Prep(
+                prep.image_size, prep.channels, prep.clip_low, prep.clip_high, prep.intensity
+            ),
             temperature=float(loaded.temperature),
             path=Path(loaded.path),
             classifies=loaded.classifies,

@@ -158,6 +158,7 @@ class Predictor:
             "calibrated": self.temperature != 1.0,
             "image_size": loaded.preprocessing.image_size,
             "channels": loaded.preprocessing.channels,
+            "intensity": loaded.preprocessing.intensity,
             "bag": bag,
             "engine": self.engine.name,
             "tta": getattr(self.engine, "n", 1),

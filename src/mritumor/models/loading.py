@@ -125,7 +125,9 @@ def loaded_from_checkpoint(checkpoint: dict, path: str | Path) -> LoadedModel:
 
 
 def preprocessing_of(checkpoint: dict) -> Preprocessing:
-    """The exact preprocessing of the training cache (image size, channels, clipping)."""
+    """The exact preprocessing of the training cache (image size, channels, clipping, intensity
+    method); a key the checkpoint lacks gets today's default, which was then the only choice
+    (checkpoints before ``intensity`` existed were all ``percentile``)."""
     values = checkpoint.get("preprocessing") or {}
     known = {k: v for k, v in values.items() if k in Preprocessing.__dataclass_fields__}
     return Preprocessing(**known)

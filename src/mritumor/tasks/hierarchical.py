@@ -407,6 +407,7 @@ def checkpoint_payload(
             "channels": data.cache.prep.channels,
             "clip_low": data.cache.prep.clip_low,
             "clip_high": data.cache.prep.clip_high,
+            "intensity": data.cache.prep.intensity,
         },
         "bag": {
             "bag_size": config.bag_size,

@@ -433,6 +433,7 @@ def checkpoint_payload(
             "channels": data.cache.prep.channels,
             "clip_low": data.cache.prep.clip_low,
             "clip_high": data.cache.prep.clip_high,
+            "intensity": data.cache.prep.intensity,
         },
         "temperature": 1.0,
         "split": {"train": split.train, "val": split.val, "test": split.test},
