@@ -2,14 +2,17 @@
 (issue: Know when not to answer).
 
 Conditions:
-* ``clean``: the checkpoint's own figshare test patients (``checkpoint["split"]["test"]``);
+* ``clean``: the checkpoint's own figshare test patients (``checkpoint["split"]["test"]``;
+  ``--part val``: its validation patients, for choosing a recipe without the test split);
 * ``<corruption>@<severity>``: the same slices corrupted after preprocessing (model input in
   [0, 1]; deterministic, seed 0), with the scale in :data:`SEVERITY` (masks follow rotations);
 * ``lgg_flair_tumour``: LGG slices with tumour, FLAIR channel only (another sequence: clearly
   out of distribution for a T1-CE model);
 * ``lgg_t1ce_no_tumour``: LGG slices without tumour, post-contrast T1 channel (the figshare
   sequence, but brains without a tumour: a model that knows no ``no_tumour`` class should flag
-  them rather than name a tumour).
+  them rather than name a tumour);
+* ``lgg_t1ce_tumour``: LGG slices with tumour, post-contrast T1 channel: the figshare sequence
+  from other scanners (TCGA sites), every tumour a glioma, so accuracy is measured.
 
 Per condition: slice type accuracy, ECE (15 bins), coverage and mean size of the checkpoint's
 90 % conformal sets, accuracy of the 80 % most confident, the share flagged out of distribution
@@ -141,11 +144,12 @@ def metrics(loaded, result: dict, truth: np.ndarray | None, clean_scores=None) -
     return record, applied["ood_score"]
 
 
-def figshare_batches(loaded, root: str, batch_size: int, limit: int | None):
+def figshare_batches(loaded, root: str, batch_size: int, limit: int | None, part: str = "test"):
+    """The checkpoint's ``part`` patients (``val`` to choose a method, ``test`` to report)."""
     catalog = read_catalog(root)
-    test = loaded.test_patients
+    test = list((loaded.checkpoint.get("split") or {}).get(part) or [])
     if not test:
-        raise SystemExit("the checkpoint records no test patients; train it with a split")
+        raise SystemExit(f"the checkpoint records no {part} patients; train it with a split")
     cache = SliceCache.build(catalog.subset(test), loaded.preprocessing, progress=False)
     dataset = SliceDataset(cache, rows_of_patients(cache, test), loaded.labels)
     rows = range(len(dataset) if limit is None else min(limit, len(dataset)))
@@ -162,21 +166,24 @@ def figshare_batches(loaded, root: str, batch_size: int, limit: int | None):
 
 
 def lgg_batches(loaded, root: str, batch_size: int, limit: int, seed: int = 0) -> dict:
-    """FLAIR of the tumour slices and post-contrast T1 of the tumour-free slices, each one
-    channel at the model's size (the model's own intensity standardisation, 3 channels)."""
+    """FLAIR of the tumour slices, post-contrast T1 of the tumour-free slices and of the tumour
+    slices (the figshare sequence from other scanners: every one a glioma), each one channel at
+    the model's size (the model's own intensity standardisation, 3 channels)."""
     catalog = read_catalog(root)
     prep = replace(loaded.preprocessing, channels=3)  # the model's size and intensity method
     cache = SliceCache.build(catalog, prep, progress=False)
     dataset = SliceDataset(cache, np.arange(len(cache.catalog)), LabelSpace.from_table(catalog.table))  # fmt: skip
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(dataset))
-    picked: dict[str, list] = {"lgg_flair_tumour": [], "lgg_t1ce_no_tumour": []}
+    picked: dict[str, list] = {"lgg_flair_tumour": [], "lgg_t1ce_no_tumour": [], "lgg_t1ce_tumour": []}  # fmt: skip
+    channel = {"lgg_flair_tumour": 1, "lgg_t1ce_no_tumour": 2, "lgg_t1ce_tumour": 2}
     for i in order:
         item = dataset[int(i)]
         with_tumour = bool(item["mask"].sum() > 0)
-        name = "lgg_flair_tumour" if with_tumour else "lgg_t1ce_no_tumour"
-        if len(picked[name]) < limit:
-            picked[name].append(item["image"][1 if with_tumour else 2][None].float())
+        names = ["lgg_flair_tumour", "lgg_t1ce_tumour"] if with_tumour else ["lgg_t1ce_no_tumour"]
+        for name in names:
+            if len(picked[name]) < limit:
+                picked[name].append(item["image"][channel[name]][None].float())
         if all(len(v) >= limit for v in picked.values()):
             break
     return {
@@ -196,7 +203,11 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--tta", type=int, default=1)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--limit", type=int, default=None, help="first N figshare test slices")
+    parser.add_argument("--limit", type=int, default=None, help="first N figshare slices")
+    parser.add_argument(
+        "--part", choices=("val", "test"), default="test",
+        help="the checkpoint's figshare patients to corrupt: val to choose, test to report",
+    )  # fmt: skip
     parser.add_argument("--lgg_limit", type=int, default=400, help="LGG slices per condition")
     parser.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     args = parser.parse_args()
@@ -207,7 +218,7 @@ def main() -> None:
     engine = TorchEngine(loaded)
     if args.tta > 1:
         engine = TTAEngine(engine, args.tta)
-    batches, truth = figshare_batches(loaded, args.figshare, args.batch_size, args.limit)
+    batches, truth = figshare_batches(loaded, args.figshare, args.batch_size, args.limit, args.part)
     records = {}
     clean, clean_scores = metrics(loaded, run_condition(engine, batches), truth)
     records["clean"] = clean
@@ -216,8 +227,13 @@ def main() -> None:
             result = run_condition(engine, batches, kind, severity)
             records[f"{kind}@{severity}"] = metrics(loaded, result, truth, clean_scores)[0]
     if Path(args.lgg).exists():
+        # LGG tumours are gliomas: with T1-CE that is an accuracy on other scanners' images
+        glioma = list(loaded.labels.types).index("glioma") if "glioma" in loaded.labels.types else None  # fmt: skip
         for name, lgg in lgg_batches(loaded, args.lgg, args.batch_size, args.lgg_limit).items():
-            records[name] = metrics(loaded, run_condition(engine, lgg), None, clean_scores)[0]
+            lgg_truth = None
+            if name == "lgg_t1ce_tumour" and glioma is not None:
+                lgg_truth = np.full(sum(len(images) for images, _ in lgg), glioma)
+            records[name] = metrics(loaded, run_condition(engine, lgg), lgg_truth, clean_scores)[0]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()  # fmt: skip
     document = {
         "checkpoint": str(Path(args.checkpoint).absolute()),
@@ -225,6 +241,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "date": time.strftime("%Y-%m-%d"),
         "tta": args.tta,
+        "part": args.part,
         "seconds": round(time.perf_counter() - start, 1),
         "severity_scale": SEVERITY,
         "conditions": records,
