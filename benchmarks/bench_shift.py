@@ -92,13 +92,15 @@ def corrupt(images: torch.Tensor, masks: torch.Tensor, kind: str, severity: int,
 
 
 def run_condition(engine, batches, kind=None, severity=0) -> dict:
-    logits, embeddings, dices = [], [], []
+    logits, embeddings, dices, empty = [], [], [], []
     for images, masks in batches:
         if kind is not None:
             images, masks = corrupt(images, masks, kind, severity)
         out = engine.run(images.numpy())
         logits.append(out["class_logits"])
         embeddings.append(out["class_embedding"])
+        if "mask_logits" in out:
+            empty.append((out["mask_logits"][:, 0] > 0).sum((1, 2)) == 0)
         if "mask_logits" in out and masks is not None:
             predicted, target = out["mask_logits"][:, 0] > 0, masks[:, 0].numpy() > 0.5
             overlap = (predicted & target).sum((1, 2))
@@ -108,6 +110,7 @@ def run_condition(engine, batches, kind=None, severity=0) -> dict:
         "logits": np.concatenate(logits),
         "embedding": np.concatenate(embeddings),
         "dice": np.concatenate(dices) if dices else None,
+        "empty_mask": np.concatenate(empty) if empty else None,
     }
 
 
@@ -141,6 +144,11 @@ def metrics(loaded, result: dict, truth: np.ndarray | None, clean_scores=None) -
         }
     if result["dice"] is not None:
         record["dice"] = float(result["dice"].mean())
+    if result["empty_mask"] is not None:
+        # the segmentation head's own "no tumour here": every training slice had a tumour
+        record["no_tumour_segmented_share"] = float(result["empty_mask"].mean())
+        no_answer = result["empty_mask"] | ~applied["in_distribution"]
+        record["flagged_or_no_tumour_share"] = float(no_answer.mean())
     return record, applied["ood_score"]
 
 
@@ -247,7 +255,7 @@ def main() -> None:
         "conditions": records,
     }
     Path(args.out).write_text(json.dumps(document, indent=2))
-    keys = ["n", "accuracy", "ece", "set_coverage", "set_size", "accuracy_at_80", "flagged_share", "ood_auroc_vs_clean", "dice"]  # fmt: skip
+    keys = ["n", "accuracy", "ece", "set_coverage", "set_size", "accuracy_at_80", "flagged_share", "ood_auroc_vs_clean", "dice", "no_tumour_segmented_share", "flagged_or_no_tumour_share"]  # fmt: skip
     print("| condition | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
     for name, record in records.items():
