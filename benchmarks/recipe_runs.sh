@@ -4,8 +4,9 @@
 # Usage: bash benchmarks/recipe_runs.sh WHAT [FIGSHARE_ROOT] [OUT] [LGG_ROOT]
 #   WHAT: best   variant F with the recipe (figshare)
 #         a      variant A with the U-Net and with the FCN head, everything else the recipe's
-#         ablate one recipe ingredient changed per run (variant F)
-#         lgg    variant F on LGG (tumour-slice Dice)
+#         ablate one recipe ingredient changed per run (variant F): decoder, image size,
+#                epochs, augmentation, mask loss (rows for RECIPE=cpu or RECIPE=cpu-quick)
+#         lgg    variant F on LGG (tumour-slice Dice; at LGG's own 128 px)
 #         cv     5-fold patient-family CV of variant F's classification (RECIPE=cpu-quick to fit)
 set -euo pipefail
 WHAT=${1:?best|a|ablate|lgg|cv}
@@ -27,15 +28,22 @@ case "$WHAT" in
     run A_unet "$DATA" --variant A --decoder unet
     run A_fcn "$DATA" --variant A --decoder fcn
     ;;
-  ablate)
+  ablate)  # the base row is `best`; each row changes one ingredient of the recipe
     run F_fcn "$DATA" --variant F --decoder fcn
-    run F_size96 "$DATA" --variant F --image_size 96
-    run F_half_epochs "$DATA" --variant F --epochs 8
     run F_no_augment "$DATA" --variant F --augment none
     run F_dice_focal "$DATA" --variant F --seg_loss dice_focal
-    run F_no_ema "$DATA" --variant F --ema_decay 0
+    if [ "$RECIPE" = cpu ]; then
+      run F_size128 "$DATA" --variant F --image_size 128
+      run F_half_epochs "$DATA" --variant F --epochs 6
+      run F_seg_weight1 "$DATA" --variant F --seg_weight 1
+      run F_no_ema "$DATA" --variant F --ema_decay 0
+    else
+      run F_size128 "$DATA" --variant F --image_size 128
+      run F_double_epochs "$DATA" --variant F --epochs 10
+      run F_ema "$DATA" --variant F --ema_decay 0.99
+    fi
     ;;
-  lgg) run lgg_F "$LGG" --variant F ;;
+  lgg) run lgg_F "$LGG" --variant F --image_size 128 ;;  # LGG's slices are 128 px
   cv)
     "$MRI" -q data split --data_root "$DATA" --out "$OUT/cv/split.json" --cv 5 --seed 0
     for fold in 0 1 2 3 4; do
