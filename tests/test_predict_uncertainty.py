@@ -81,6 +81,7 @@ def test_a_non_brain_texture_is_flagged_and_abstained_on(multitask_checkpoint, t
     assert record["predicted_type"] != "uncertain"
     (abstained,) = predict_json(capsys, *argv, "--abstain")["patients"]
     assert abstained["predicted_type"] == "uncertain"
+    assert abstained["abstain_reason"] == "out of distribution"
     assert abstained["type_probabilities"] == record["type_probabilities"]
 
 
@@ -108,3 +109,36 @@ def test_a_checkpoint_without_the_state_says_so(
     assert record["in_distribution"] is None
     assert "before out-of-distribution scores" in record["uncertainty_note"]
     assert "type_prediction_set" not in record
+
+
+def test_an_empty_mask_on_every_slice_is_said_and_abstained_on(
+    multitask_checkpoint, trained_data, monkeypatch, capsys
+):
+    """A segmenter trained on tumour slices only that outlines nothing: ``tumour_found`` false,
+    and with --abstain the type becomes 'uncertain' with the reason (the model knows no
+    no_tumour type). The masks are emptied by shifting the engine's mask logits."""
+    from mritumor.inference.engines import TorchEngine
+
+    patient = next(trained_data.glob("pituitary-g1/*"))
+    argv = ["--checkpoint", str(multitask_checkpoint), "--input", str(patient), "--engine", "torch"]
+    (record,) = predict_json(capsys, *argv)["patients"]
+    areas = [s["tumour_area_px"] for s in record["slices"]]
+    assert record["tumour_found"] == any(a > 0 for a in areas)
+    run = TorchEngine.run
+
+    def nothing_segmented(self, images, mask=None):
+        out = dict(run(self, images, mask))
+        out["mask_logits"] = out["mask_logits"] - 1e4
+        return out
+
+    monkeypatch.setattr(TorchEngine, "run", nothing_segmented)
+    (empty,) = predict_json(capsys, *argv)["patients"]
+    assert empty["tumour_found"] is False and empty["tumour_area_px"] == 0
+    assert empty["predicted_type"] == record["predicted_type"]  # no --abstain: still a label
+    assert "abstain_reason" not in empty
+    (abstained,) = predict_json(capsys, *argv, "--abstain")["patients"]
+    assert abstained["predicted_type"] == "uncertain"
+    assert abstained["abstain_reason"] in ("no tumour segmented in any slice", "out of distribution")  # fmt: skip
+    if abstained["in_distribution"]:
+        assert abstained["abstain_reason"] == "no tumour segmented in any slice"
+    assert abstained["type_probabilities"] == record["type_probabilities"]

@@ -25,8 +25,8 @@ keeps the patients such a file already holds and predicts the others. The JSON d
    "skipped": [{patient_id, reason}]}
 Hierarchical: predicted_grade, grade_probabilities {grade: P(g) = Σt P(t) P(g|t)}, and each
 slice's attention_weight. Multi-task: each slice's type_probabilities and tumour_area_px (pixels
-of the predicted mask at the image's original size); the patient's type_probabilities are the
-mean of its slices'. Probabilities use the checkpoint's temperature unless --no_calibration.
+of the predicted mask at the image's original size), the patient's tumour_found (a mask on any
+slice); the patient's type_probabilities are the mean of its slices'. Probabilities use the checkpoint's temperature unless --no_calibration.
 
 --save_masks DIR (multi-task checkpoints with a segmentation head): the predicted masks at the
 input's original size, <slice>_mask.png (0/255) per slice, or for a NIfTI input one
@@ -111,8 +111,9 @@ def register(subcommands) -> None:
         parser,
         "--abstain",
         action="store_true",
-        help="answer 'uncertain' instead of a tumour type for an input the checkpoint flags as "
-        "out of distribution",
+        help="answer 'uncertain' (with abstain_reason) instead of a tumour type for an input "
+        "the checkpoint flags as out of distribution, or, for a multi-task model that knows no "
+        "no_tumour type, whose mask is empty on every slice",
     )
     add_tta_flag(parser)
     parser.set_defaults(handler=run)

@@ -83,10 +83,12 @@ def patient_rows(records: list[dict]) -> list[dict]:
         if "tumour_area_px" in record:
             row["tumour_area_px"] = record["tumour_area_px"]
             row["n_slices_with_tumour"] = sum(1 for s in slices if s["tumour_area_px"] > 0)
+            row["tumour_found"] = record.get("tumour_found")
         if "in_distribution" in record:
             row["in_distribution"] = record["in_distribution"]
             row["ood_score"] = record.get("ood_score")
             row["type_prediction_set"] = "|".join(record.get("type_prediction_set") or [])
+            row["abstain_reason"] = record.get("abstain_reason", "")  # a column in every row
         rows.append(row)
     return rows
 

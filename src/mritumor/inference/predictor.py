@@ -78,7 +78,10 @@ class Predictor:
     * multi-task with a classifier: ``predicted_type`` and ``type_probabilities`` (mean of the
       slices'), each slice's ``predicted_type`` and ``type_probabilities``;
     * multi-task with a segmenter: ``tumour_area_px`` (all slices) and each slice's
-      ``tumour_area_px``, counted on the mask at the image's original size.
+      ``tumour_area_px``, counted on the mask at the image's original size; ``tumour_found``
+      (any slice's mask non-empty). With ``abstain``, a patient the model flags out of
+      distribution, or (model without a ``no_tumour`` type) with no tumour outlined in any
+      slice, gets ``predicted_type`` "uncertain" and an ``abstain_reason``.
 
     With the PyTorch engine slices are preprocessed by the training cache's own function; with
     ONNX Runtime by its numpy twin (:func:`mritumor.inference.arrays.preprocess_image`), so that
@@ -309,6 +312,7 @@ class Predictor:
         fields = patient_answer(state, features, probs, labels, slice_level, self.coverage)
         if self.abstain and fields.get("in_distribution") is False:
             fields["predicted_type"] = "uncertain"
+            fields["abstain_reason"] = "out of distribution"
         return fields
 
     def _multitask(self, images, used, sizes) -> tuple[dict, list[np.ndarray] | None]:
@@ -342,8 +346,16 @@ class Predictor:
             ]
             areas = [int(m.sum()) for m in originals]
             result["tumour_area_px"] = int(sum(areas))
+            # every training slice had a tumour: a segmenter that outlines none in any slice is
+            # a second "not what I was trained on" signal beside the OOD score (bench_shift:
+            # tumour-free LGG slices)
+            result["tumour_found"] = any(area > 0 for area in areas)
             for entry, area in zip(slices, areas, strict=True):
                 entry["tumour_area_px"] = area
+            if self.abstain and not result["tumour_found"] and "predicted_type" in result:
+                if "no_tumour" not in labels.types and result["predicted_type"] != "uncertain":
+                    result["predicted_type"] = "uncertain"
+                    result["abstain_reason"] = "no tumour segmented in any slice"
         result["slices"] = slices
         return result, originals
 
