@@ -47,7 +47,7 @@ from mritumor.evaluation.calibration import calibration_errors
 from mritumor.evaluation.conformal import set_metrics
 from mritumor.evaluation.ood import auroc
 from mritumor.evaluation.selective import accuracy_at
-from mritumor.evaluation.uncertainty import apply_uncertainty, softmax
+from mritumor.evaluation.uncertainty import apply_uncertainty, ood_features, softmax
 from mritumor.inference.engines import TorchEngine
 from mritumor.inference.tta import TTAEngine
 from mritumor.models.loading import load_model
@@ -91,14 +91,16 @@ def corrupt(images: torch.Tensor, masks: torch.Tensor, kind: str, severity: int,
     return out.clamp(0.0, 1.0), masks
 
 
-def run_condition(engine, batches, kind=None, severity=0) -> dict:
+def run_condition(engine, state, batches, kind=None, severity=0) -> dict:
+    """Logits, the OOD detector's features (``state``: the checkpoint's uncertainty state),
+    Dice and empty-mask flags of every slice, optionally corrupted."""
     logits, embeddings, dices, empty = [], [], [], []
     for images, masks in batches:
         if kind is not None:
             images, masks = corrupt(images, masks, kind, severity)
         out = engine.run(images.numpy())
         logits.append(out["class_logits"])
-        embeddings.append(out["class_embedding"])
+        embeddings.append(ood_features(state, out))
         if "mask_logits" in out:
             empty.append((out["mask_logits"][:, 0] > 0).sum((1, 2)) == 0)
         if "mask_logits" in out and masks is not None:
@@ -228,11 +230,12 @@ def main() -> None:
         engine = TTAEngine(engine, args.tta)
     batches, truth = figshare_batches(loaded, args.figshare, args.batch_size, args.limit, args.part)
     records = {}
-    clean, clean_scores = metrics(loaded, run_condition(engine, batches), truth)
+    state = loaded.uncertainty
+    clean, clean_scores = metrics(loaded, run_condition(engine, state, batches), truth)
     records["clean"] = clean
     for kind in SEVERITY:
         for severity in args.severities:
-            result = run_condition(engine, batches, kind, severity)
+            result = run_condition(engine, state, batches, kind, severity)
             records[f"{kind}@{severity}"] = metrics(loaded, result, truth, clean_scores)[0]
     if Path(args.lgg).exists():
         # LGG tumours are gliomas: with T1-CE that is an accuracy on other scanners' images
@@ -241,7 +244,9 @@ def main() -> None:
             lgg_truth = None
             if name == "lgg_t1ce_tumour" and glioma is not None:
                 lgg_truth = np.full(sum(len(images) for images, _ in lgg), glioma)
-            records[name] = metrics(loaded, run_condition(engine, lgg), lgg_truth, clean_scores)[0]
+            records[name] = metrics(
+                loaded, run_condition(engine, state, lgg), lgg_truth, clean_scores
+            )[0]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()  # fmt: skip
     document = {
         "checkpoint": str(Path(args.checkpoint).absolute()),

@@ -37,6 +37,32 @@ def test_shapes_and_gradients(variant):
     assert any(g.abs().sum() > 0 for g in encoder_grads)
 
 
+@pytest.mark.parametrize("backbone", ["small_cnn", "resnet18"])
+def test_ood_features_are_each_resolutions_channel_mean_and_sd(backbone):
+    """In eval mode a classifying network outputs, per encoder resolution, the mean and the
+    (population) sd of each channel of that resolution's last layer, computed here by hooks."""
+    torch.manual_seed(0)
+    model = build_multitask_model("F", CLASSES, backbone, 1, 64).eval()
+    taps = {}
+    for index in model.statistics_layers:
+        model.encoder.body[index].register_forward_hook(
+            lambda module, args, output, index=index: taps.__setitem__(index, output)
+        )
+    with torch.no_grad():
+        out = model(torch.rand(3, 1, 64, 64))
+    expected = torch.cat(
+        [
+            torch.cat([taps[i].mean((2, 3)), taps[i].var((2, 3), unbiased=False).sqrt()], 1)
+            for i in model.statistics_layers
+        ],
+        1,
+    )
+    assert len(model.statistics_layers) >= 3  # one per resolution, not just the last
+    assert model.ood_blocks == [taps[i].shape[1] * 2 for i in model.statistics_layers]
+    torch.testing.assert_close(out["ood_features"], expected, rtol=1e-5, atol=1e-6)
+    assert "ood_features" not in model.train()(torch.rand(2, 1, 64, 64))  # no loss uses them
+
+
 def perturbed_output(variant: str, module_name: str, output: str) -> tuple:
     """The ``output`` of one fixed input before and after changing ``module_name``'s weights."""
     model = small(variant).eval()

@@ -89,7 +89,7 @@ def test_mahalanobis_matches_scipy_and_threshold_keeps_the_share():
     detector = OODDetector.fit(features, labels)
     probe = rng.normal(1, 2, (5, 4))
     expected = [
-        min(mahalanobis(x, detector.means[k], detector.precision) ** 2 for k in range(2))
+        min(mahalanobis(x, detector.means[0][k], detector.precision[0]) ** 2 for k in range(2))
         for x in probe
     ]
     np.testing.assert_allclose(detector.score(probe), expected)
@@ -101,6 +101,45 @@ def test_mahalanobis_matches_scipy_and_threshold_keeps_the_share():
     restored = OODDetector.from_state(detector.to_state())
     np.testing.assert_allclose(restored.score(probe), expected)
     assert restored.threshold == threshold
+
+
+def test_blocks_sum_their_standardised_distances():
+    """Two feature blocks: each block's distance equals a one-block detector's on its columns,
+    standardised by the validation mean and sd of that block's distances, and summed."""
+    rng = np.random.default_rng(2)
+    labels = np.r_[np.zeros(150, int), np.ones(150, int)]
+    features = rng.normal(0, 1, (300, 7)) + labels[:, None] * np.r_[2.0 * np.ones(3), np.zeros(4)]
+    val, probe = rng.normal(0, 1, (80, 7)), rng.normal(0.5, 2, (6, 7))
+    detector = OODDetector.fit(features, labels, blocks=[3, 4], feature_name="ood_features")
+    detector.standardise(val)
+    expected = 0.0
+    for columns in (slice(0, 3), slice(3, 7)):
+        alone = OODDetector.fit(features[:, columns], labels)
+        reference = alone.score(val[:, columns])
+        expected = expected + (alone.score(probe[:, columns]) - reference.mean()) / reference.std()
+    np.testing.assert_allclose(detector.score(probe), expected, rtol=1e-10)
+    restored = OODDetector.from_state(detector.to_state())
+    assert restored.features == "ood_features"
+    np.testing.assert_allclose(restored.score(probe), expected, rtol=1e-10)
+    with pytest.raises(ValueError, match="add up"):
+        OODDetector.fit(features, labels, blocks=[3, 3])
+
+
+def test_a_state_written_before_blocks_still_scores():
+    """The state of the one-block detector as earlier versions stored it (tensors, not lists,
+    no feature name) scores its class embeddings as before."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    features, labels = rng.normal(0, 1, (100, 3)), np.r_[np.zeros(50, int), np.ones(50, int)]
+    detector = OODDetector.fit(features, labels)
+    old = {
+        "method": "mahalanobis", "threshold": 4.0, "keep": 0.95,
+        "means": torch.as_tensor(detector.means[0]), "precision": torch.as_tensor(detector.precision[0]),
+    }  # fmt: skip
+    restored = OODDetector.from_state(old)
+    assert restored.features == "class_embedding" and restored.threshold == 4.0
+    np.testing.assert_allclose(restored.score(features[:5]), detector.score(features[:5]))
 
 
 def test_energy_is_minus_logsumexp():

@@ -68,7 +68,8 @@ class HierarchicalExport(nn.Module):
 
 class MultiTaskExport(nn.Module):
     """:class:`~mritumor.models.multitask.MultiTaskNet` returning a tuple (no dict); the
-    classifier's embedding is an output because out-of-distribution scores are computed on it."""
+    feature statistics (and the classifier's embedding, what checkpoints written before them
+    were fitted on) are outputs because out-of-distribution scores are computed on them."""
 
     def __init__(self, model: nn.Module, outputs: list[str]):
         super().__init__()
@@ -94,9 +95,9 @@ def exportable(loaded: LoadedModel) -> tuple[nn.Module, list[str], list[str], di
             "slice_weights": {0: "batch", 1: "slices"},
         }
         return module, inputs, outputs, axes
-    outputs = (["class_logits", "class_embedding"] if loaded.model.classifies else []) + (
-        ["mask_logits"] if loaded.model.segments else []
-    )
+    outputs = (
+        ["class_logits", "class_embedding", "ood_features"] if loaded.model.classifies else []
+    ) + (["mask_logits"] if loaded.model.segments else [])
     axes = {"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}}
     return MultiTaskExport(loaded.model, outputs), ["images"], outputs, axes
 

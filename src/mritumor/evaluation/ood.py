@@ -1,20 +1,25 @@
 """Out-of-distribution scores: how unlike the training data an input's features are.
 
-``mahalanobis`` (Lee et al. 2018): class means of the training units' embeddings and one shared
-covariance (Ledoit–Wolf shrinkage from scikit-learn, stable when the embedding has more
-dimensions than there are training units); an input's score is its squared Mahalanobis
-distance to the nearest class mean. ``energy`` (Liu et al. 2020): −logsumexp of the logits.
-Higher means more unusual for both. The threshold is the score below which a chosen share of
-the *validation* patients falls (95 % by default), so about 5 % of in-distribution patients are
-flagged by construction and an input above it is reported as out of distribution.
+``mahalanobis`` (Lee et al. 2018): class means of the training units' features and one shared
+covariance (Ledoit–Wolf shrinkage from scikit-learn, stable when the features have more
+dimensions than there are training units); an input's distance is its squared Mahalanobis
+distance to the nearest class mean. Features in several ``blocks`` (a multi-task network's
+feature statistics, one block per encoder resolution) get one detector per block and, as in
+Lee et al.'s feature ensemble, the score is the sum of the blocks' distances, each
+standardised by its mean and sd on the validation units (:meth:`OODDetector.standardise`), so
+that no block dominates by its dimension. ``energy`` (Liu et al. 2020): −logsumexp of the
+logits. Higher means more unusual for all. The threshold is the score below which a chosen
+share of the *validation* patients falls (95 % by default), so about 5 % of in-distribution
+patients are flagged by construction and an input above it is reported as out of distribution.
 
 The fitted state is plain arrays (:meth:`OODDetector.to_state`), stored in ``best.pt`` and
-loaded with ``weights_only=True``.
+loaded with ``weights_only=True``; ``features`` names the network output it was fitted on
+(states written before blocks existed: one block, ``class_embedding``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -28,36 +33,72 @@ def energy_score(logits: np.ndarray) -> np.ndarray:
     return -(top[:, 0] + np.log(np.exp(logits - top).sum(axis=1)))
 
 
+def _mahalanobis(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    difference = features[:, None, :] - means[None, :, :]  # (N, K, D)
+    return np.einsum("nkd,de,nke->nk", difference, precision, difference).min(axis=1)
+
+
 @dataclass
 class OODDetector:
     method: str
-    means: np.ndarray | None = None  # (K, D) class means (mahalanobis)
-    precision: np.ndarray | None = None  # (D, D) shared inverse covariance (mahalanobis)
+    means: list[np.ndarray] = field(default_factory=list)  # per block: (K, D_b) class means
+    precision: list[np.ndarray] = field(default_factory=list)  # per block: (D_b, D_b)
     threshold: float = float("inf")
     keep: float = 0.95
+    features: str = "class_embedding"  # the network output the detector scores
+    loc: np.ndarray | None = None  # per block: validation mean of the distances
+    scale: np.ndarray | None = None  # per block: validation sd of the distances
 
     @classmethod
-    def fit(cls, features: np.ndarray, labels: ArrayLike, method: str = "mahalanobis"):
-        """Fit on the training units' embeddings (mahalanobis) — energy needs no fit."""
+    def fit(
+        cls,
+        features: np.ndarray,
+        labels: ArrayLike,
+        method: str = "mahalanobis",
+        blocks: list[int] | None = None,
+        feature_name: str = "class_embedding",
+    ):
+        """Fit on the training units' features (mahalanobis) — energy needs no fit.
+        ``blocks``: widths of consecutive column blocks scored separately (None: one)."""
         if method not in SCORES:
             raise ValueError(f"unknown OOD score {method!r}; choose one of {SCORES}")
         if method == "energy":
-            return cls(method)
+            return cls(method, features=feature_name)
         from sklearn.covariance import LedoitWolf
 
         features = np.asarray(features, dtype=np.float64)
+        widths = list(blocks) if blocks else [features.shape[1]]
+        if sum(widths) != features.shape[1]:
+            raise ValueError(f"blocks {widths} do not add up to {features.shape[1]} features")
         truth = np.asarray(labels, dtype=int)
         known = truth >= 0
         features, truth = features[known], truth[known]
         classes = np.unique(truth)
-        means = np.zeros((int(truth.max()) + 1, features.shape[1]))
-        for k in classes:
-            means[k] = features[truth == k].mean(axis=0)
-        centred = features - means[truth]
-        precision = LedoitWolf(assume_centered=True).fit(centred).precision_
-        present = np.zeros(len(means), bool)
-        present[classes] = True
-        return cls(method, means[present], precision)
+        detector = cls(method, features=feature_name)
+        for block in np.split(features, np.cumsum(widths)[:-1], axis=1):
+            means = np.stack([block[truth == k].mean(axis=0) for k in classes])
+            centred = block - means[np.searchsorted(classes, truth)]
+            detector.means.append(means)
+            detector.precision.append(LedoitWolf(assume_centered=True).fit(centred).precision_)
+        return detector
+
+    def _distances(self, features: np.ndarray) -> np.ndarray:
+        """(N, n_blocks) squared Mahalanobis distances to the nearest class mean."""
+        widths = [len(p) for p in self.precision]
+        blocks = np.split(np.asarray(features, dtype=np.float64), np.cumsum(widths)[:-1], axis=1)
+        return np.stack(
+            [_mahalanobis(b, m, p) for b, m, p in zip(blocks, self.means, self.precision, strict=True)],
+            axis=1,
+        )  # fmt: skip
+
+    def standardise(self, features: np.ndarray) -> None:
+        """Per-block mean and sd of these (validation) units' distances: several blocks then
+        add up on one scale. One block keeps the raw distance."""
+        if self.method != "mahalanobis" or len(self.precision) < 2:
+            return
+        distances = self._distances(features)
+        self.loc = distances.mean(axis=0)
+        self.scale = np.maximum(distances.std(axis=0), 1e-12)
 
     def score(self, features: np.ndarray | None = None, logits: np.ndarray | None = None):
         """(N,) scores; mahalanobis needs ``features``, energy ``logits``."""
@@ -65,12 +106,12 @@ class OODDetector:
             if logits is None:
                 raise ValueError("the energy score needs logits")
             return energy_score(logits)
-        if features is None or self.means is None or self.precision is None:
+        if features is None or not self.precision:
             raise ValueError("the Mahalanobis score needs features and a fitted detector")
-        features = np.asarray(features, dtype=np.float64)
-        difference = features[:, None, :] - self.means[None, :, :]  # (N, K, D)
-        distances = np.einsum("nkd,de,nke->nk", difference, self.precision, difference)
-        return distances.min(axis=1)
+        distances = self._distances(features)
+        if self.loc is not None:
+            distances = (distances - self.loc) / self.scale
+        return distances.sum(axis=1)
 
     def calibrate(self, scores: np.ndarray, keep: float = 0.95) -> float:
         """The threshold that keeps the share ``keep`` of these (validation) scores in
@@ -86,24 +127,42 @@ class OODDetector:
     def to_state(self) -> dict:
         import torch
 
-        state = {"method": self.method, "threshold": self.threshold, "keep": self.keep}
-        if self.means is not None:
-            state["means"] = torch.as_tensor(self.means, dtype=torch.float64)
-            state["precision"] = torch.as_tensor(self.precision, dtype=torch.float64)
+        state = {
+            "method": self.method,
+            "threshold": self.threshold,
+            "keep": self.keep,
+            "features": self.features,
+        }
+
+        def tensor(array):
+            return torch.as_tensor(array, dtype=torch.float64)
+
+        if self.precision:
+            state["means"] = [tensor(m) for m in self.means]
+            state["precision"] = [tensor(p) for p in self.precision]
+        if self.loc is not None:
+            state["loc"], state["scale"] = tensor(self.loc), tensor(self.scale)
         return state
 
     @classmethod
     def from_state(cls, state: dict) -> OODDetector:
-        def array(key):
+        def arrays(key) -> list[np.ndarray]:
             value = state.get(key)
-            return None if value is None else np.asarray(value, dtype=np.float64)
+            if value is None:
+                return []
+            values = value if isinstance(value, list | tuple) else [value]  # before blocks: one
+            return [np.asarray(v, dtype=np.float64) for v in values]
 
+        loc = state.get("loc")
         return cls(
             state["method"],
-            array("means"),
-            array("precision"),
+            arrays("means"),
+            arrays("precision"),
             float(state["threshold"]),
             float(state.get("keep", 0.95)),
+            state.get("features", "class_embedding"),
+            None if loc is None else np.asarray(loc, dtype=np.float64),
+            None if loc is None else np.asarray(state["scale"], dtype=np.float64),
         )
 
 

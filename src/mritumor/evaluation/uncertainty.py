@@ -57,12 +57,16 @@ def fit_uncertainty(
     coverage: float = 0.9,
     method: str = "lac",
     keep: float = 0.95,
+    blocks: list[int] | None = None,
+    feature_name: str = "class_embedding",
 ) -> dict:
     """The state stored in ``best.pt`` under ``"uncertainty"``. ``val_groups`` (patient ids of
-    slice-level units) adds the patient-level thresholds."""
+    slice-level units) adds the patient-level thresholds; ``blocks``/``feature_name``: see
+    :meth:`~mritumor.evaluation.ood.OODDetector.fit`."""
     import torch  # the fitted state goes into best.pt as tensors; applying it needs no torch
 
-    detector = OODDetector.fit(train_features, train_labels)
+    detector = OODDetector.fit(train_features, train_labels, blocks=blocks, feature_name=feature_name)  # fmt: skip
+    detector.standardise(val_features)
     val_scores = detector.score(val_features)
     detector.calibrate(val_scores, keep)
     state = {
@@ -89,6 +93,13 @@ def fit_uncertainty(
             ),
         }
     return state
+
+
+def ood_features(state: dict | None, outputs: dict):
+    """The network output the state's OOD detector scores (``ood_features``, or the
+    ``class_embedding`` of states written before feature statistics), None when absent."""
+    name = (state or {}).get("ood", {}).get("features", "class_embedding")
+    return outputs.get(name)
 
 
 def set_threshold(state: dict, coverage: float | None = None, level: str = "unit") -> float:

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 ENGINES = ("auto", "onnx", "torch")
 PARITY_TOLERANCE = 1e-4  # max |ONNX − PyTorch| on every probability
 CACHE_FOLDER = ".mritumor_onnx"
-CACHE_FORMAT = 2  # 2: embeddings exported, uncertainty state beside the card; bump when the export or the card changes: older cached files are ignored
+CACHE_FORMAT = 3  # 2: embeddings exported, uncertainty state beside the card; 3: feature statistics (ood_features) exported; bump when the export or the card changes: older cached files are ignored
 INSTALL_HINT = "pip install 'mritumor[onnx]' (or: pip install onnx onnxruntime)"
 
 
@@ -66,7 +66,7 @@ def machine_threads() -> int:
 def output_names(card) -> list[str]:
     if card.task == "hierarchical":
         return ["type_logits", "grade_logits", "slice_weights", "patient_embedding"]
-    return (["class_logits", "class_embedding"] if card.classifies else []) + (
+    return (["class_logits", "class_embedding", "ood_features"] if card.classifies else []) + (
         ["mask_logits"] if card.segments else []
     )
 

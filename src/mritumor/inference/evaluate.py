@@ -174,7 +174,7 @@ def _evaluate_multitask(
 
     from mritumor.data.datasets import SliceDataset, rows_of_patients
     from mritumor.evaluation.multitask import evaluate_multitask
-    from mritumor.evaluation.uncertainty import softmax, write_test_uncertainty
+    from mritumor.evaluation.uncertainty import ood_features, softmax, write_test_uncertainty
     from mritumor.inference.loops import predict_slices  # the loop training's test part uses
 
     dataset = SliceDataset(cache, rows_of_patients(cache, patients), loaded.labels)
@@ -182,7 +182,7 @@ def _evaluate_multitask(
     if prediction["class_logits"] is not None:
         probs = softmax(prediction["class_logits"].numpy(), temperature)
         write_test_uncertainty(
-            loaded.uncertainty, outdir, prediction["class_embedding"], probs,
+            loaded.uncertainty, outdir, ood_features(loaded.uncertainty, prediction), probs,
             prediction["type_true"], loaded.labels.types,
         )  # fmt: skip
     return evaluate_multitask(

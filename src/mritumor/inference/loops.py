@@ -59,13 +59,15 @@ def predict_slices(model: MultiTaskNet, loader: DataLoader, engine=None) -> dict
     device = next(model.parameters()).device if engine is None else torch.device("cpu")
     forward = model if engine is None else _engine_forward(engine)
     logits, masks, true_masks, has_mask, rows, types = [], [], [], [], [], []
-    embeddings = []
+    embeddings, statistics = [], []
     for batch in loader:
         outputs = forward(batch["image"].to(device))
         if "class_logits" in outputs:
             logits.append(outputs["class_logits"].float().cpu())
         if "class_embedding" in outputs:  # what out-of-distribution scores are fitted on
             embeddings.append(outputs["class_embedding"].float().cpu().numpy())
+        if "ood_features" in outputs:
+            statistics.append(outputs["ood_features"].float().cpu().numpy())
         if "mask_logits" in outputs:
             masks.append((outputs["mask_logits"][:, 0] > 0).cpu().numpy())
         true_masks.append(batch["mask"][:, 0].numpy().astype(bool))
@@ -78,6 +80,7 @@ def predict_slices(model: MultiTaskNet, loader: DataLoader, engine=None) -> dict
         "type_true": np.concatenate(types) if types else empty.astype(int),
         "class_logits": torch.cat(logits) if logits else None,
         "class_embedding": np.concatenate(embeddings) if embeddings else None,
+        "ood_features": np.concatenate(statistics) if statistics else None,
         "pred_masks": np.concatenate(masks) if masks else None,
         "true_masks": np.concatenate(true_masks) if true_masks else None,
         "has_mask": np.concatenate(has_mask) if has_mask else empty.astype(bool),

@@ -317,13 +317,16 @@ class Predictor:
 
     def _multitask(self, images, used, sizes) -> tuple[dict, list[np.ndarray] | None]:
         labels = self.loaded.labels
-        logits, masks, embeddings = [], [], []
+        from mritumor.evaluation.uncertainty import ood_features
+
+        logits, masks, features = [], [], []
         for start in range(0, len(images), CHUNK):
             outputs = self.engine.run(images[start : start + CHUNK])
             if "class_logits" in outputs:
                 logits.append(outputs["class_logits"].astype(np.float32))
-            if "class_embedding" in outputs:
-                embeddings.append(outputs["class_embedding"])
+            chunk_features = ood_features(self.uncertainty, outputs)  # what the detector scores
+            if chunk_features is not None:
+                features.append(chunk_features)
             if "mask_logits" in outputs:
                 masks.append(outputs["mask_logits"][:, 0].astype(np.float32))
         slices = [{"name": ref.name} for ref in used]
@@ -336,8 +339,7 @@ class Predictor:
             for entry, row in zip(slices, probs.tolist(), strict=True):
                 entry["predicted_type"] = labels.types[int(np.argmax(row))]
                 entry["type_probabilities"] = dict(zip(labels.types, row, strict=True))
-            features = np.concatenate(embeddings) if embeddings else None
-            result.update(self._answer(features, probs, True))
+            result.update(self._answer(np.concatenate(features) if features else None, probs, True))
         originals = None
         if masks:
             originals = [

@@ -37,7 +37,7 @@ from mritumor.data.splits import Split
 from mritumor.errors import DataError
 from mritumor.evaluation.calibration import fit_temperature
 from mritumor.evaluation.multitask import evaluate_multitask, write_comparison
-from mritumor.evaluation.uncertainty import softmax, write_test_uncertainty
+from mritumor.evaluation.uncertainty import ood_features, softmax, write_test_uncertainty
 from mritumor.inference.loops import predict_slices  # shared with `mritumor evaluate`
 from mritumor.losses import segmentation_loss
 from mritumor.models.loading import multitask_network as model_from_checkpoint
@@ -403,7 +403,7 @@ def finish_variant(
         )
         probs = softmax(test["class_logits"].numpy(), temperature)
         report["uncertainty"] = write_test_uncertainty(
-            state, outdir, test["class_embedding"], probs, test["type_true"], labels.types
+            state, outdir, ood_features(state, test), probs, test["type_true"], labels.types
         )
     return report
 

@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader
 from mritumor.config import HierarchicalConfig, MultitaskConfig
 from mritumor.data.datasets import PatientBagDataset, SliceDataset, collate_bags, identity
 from mritumor.evaluation.conformal import calibration_scores
-from mritumor.evaluation.uncertainty import fit_uncertainty, softmax
-from mritumor.inference.loops import predict_bags, predict_slices
+from mritumor.evaluation.uncertainty import fit_uncertainty
+from mritumor.inference.loops import predict_bags
+from mritumor.inference.refit import slice_uncertainty
 from mritumor.models.hierarchical import TwoStepClassifier, hierarchical_probabilities
 from mritumor.models.multitask import MultiTaskNet
 
@@ -21,21 +22,18 @@ from mritumor.models.multitask import MultiTaskNet
 def fit_slice_uncertainty(
     model: MultiTaskNet, loaders: dict, data, temperature: float, config: MultitaskConfig
 ) -> dict:
-    """OOD detector on the training slices' class embeddings (un-augmented), its threshold and
-    the conformal scores on the validation slices and patients (:mod:`..evaluation.uncertainty`)."""
+    """OOD detector on the training slices' feature statistics (un-augmented), its threshold
+    and the conformal scores on the validation slices and patients
+    (:func:`mritumor.inference.refit.slice_uncertainty`)."""
     train_rows = loaders["train_dataset"].rows
     plain = SliceDataset(data.cache, train_rows, loaders["train_dataset"].labels, identity)
-    train = predict_slices(model, DataLoader(plain, batch_size=config.batch_size))
-    val = predict_slices(model, loaders["val"])
-    patients = data.cache.catalog.table["patient_id"].to_numpy()[val["rows"]]
-    return fit_uncertainty(
-        train["class_embedding"],
-        train["type_true"],
-        val["class_embedding"],
-        softmax(val["class_logits"].numpy(), temperature),
-        val["type_true"],
-        val_groups=patients.tolist(),
-        coverage=config.coverage,
+    return slice_uncertainty(
+        model,
+        DataLoader(plain, batch_size=config.batch_size),
+        loaders["val"],
+        data.cache.catalog.table["patient_id"].to_numpy(),
+        temperature,
+        config.coverage,
     )
 
 

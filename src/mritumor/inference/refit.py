@@ -1,0 +1,100 @@
+"""Fitting what "knowing when not to answer" needs to a trained multi-task network: the
+out-of-distribution detector on the training slices' feature statistics, its threshold and the
+conformal scores on the validation slices and patients. Used at the end of training
+(:mod:`mritumor.tasks.uncertainty`) and by ``mritumor fit-uncertainty``, which re-fits the state
+of an existing ``best.pt`` (an older checkpoint, another coverage) without training again."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mritumor.errors import DataError, MritumorError
+
+log = logging.getLogger(__name__)
+
+
+def slice_uncertainty(model, train_loader, val_loader, patient_ids, temperature, coverage) -> dict:
+    """The uncertainty state of a multi-task network from un-augmented loaders of its training
+    and validation slices (``patient_ids``: the patient of every cache row)."""
+    from mritumor.evaluation.uncertainty import fit_uncertainty, softmax
+    from mritumor.inference.loops import predict_slices
+
+    train = predict_slices(model, train_loader)
+    val = predict_slices(model, val_loader)
+    return fit_uncertainty(
+        train["ood_features"],
+        train["type_true"],
+        val["ood_features"],
+        softmax(val["class_logits"].numpy(), temperature),
+        val["type_true"],
+        val_groups=patient_ids[val["rows"]].tolist(),
+        coverage=coverage,
+        blocks=model.ood_blocks,
+        feature_name="ood_features",
+    )
+
+
+def refit_uncertainty(
+    checkpoint: str | Path,
+    data_root: str | Path,
+    output: str | Path,
+    coverage: float | None = None,
+    batch_size: int = 16,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """``checkpoint`` with its uncertainty state fitted again on the training and validation
+    patients its run recorded (read from ``data_root``), written to ``output``; the network,
+    temperature and everything else unchanged. Returns the new state."""
+    from torch.utils.data import DataLoader
+
+    from mritumor.checkpoints import save_checkpoint
+    from mritumor.data.cache import SliceCache
+    from mritumor.data.datasets import SliceDataset, rows_of_patients
+    from mritumor.data.readers import read_catalog
+    from mritumor.models.loading import load_model
+
+    if Path(output).absolute() == Path(checkpoint).absolute():
+        raise MritumorError("--output must differ from --checkpoint (the original is kept)")
+    loaded = load_model(checkpoint)
+    if loaded.task != "multitask" or not loaded.classifies:
+        raise MritumorError(
+            f"{checkpoint}: fit-uncertainty re-fits multi-task checkpoints with a classifier "
+            f"(variants B–G); this one is {loaded.task} {loaded.variant or ''}".rstrip()
+        )
+    split = loaded.checkpoint.get("split") or {}
+    catalog = read_catalog(data_root)
+    known = set(catalog.patients)
+    parts = {name: [p for p in split.get(name) or [] if p in known] for name in ("train", "val")}
+    for name, patients in parts.items():
+        if not patients:
+            raise DataError(
+                f"none of the checkpoint's {name} patients is in --data_root {data_root}: give "
+                "the data the model was trained on"
+            )
+        missing = len(split.get(name) or []) - len(patients)
+        if missing:
+            log.warning("%d %s patient(s) of the checkpoint are not in %s", missing, name, data_root)  # fmt: skip
+    cache = SliceCache.build(
+        catalog.subset(parts["train"] + parts["val"]),
+        loaded.preprocessing,
+        cache_dir=cache_dir,
+        progress=progress,  # fmt: skip
+    )
+    loaders = {
+        name: DataLoader(
+            SliceDataset(cache, rows_of_patients(cache, patients), loaded.labels),
+            batch_size=batch_size,
+        )
+        for name, patients in parts.items()
+    }
+    fitted = (loaded.checkpoint.get("uncertainty") or {}).get("conformal", {}).get("coverage")
+    state = slice_uncertainty(
+        loaded.model, loaders["train"], loaders["val"], cache.catalog.table["patient_id"].to_numpy(), loaded.temperature,
+        coverage or fitted or 0.9,
+    )  # fmt: skip
+    payload = {k: v for k, v in loaded.checkpoint.items() if k != "format"}
+    payload["uncertainty"] = state
+    save_checkpoint(payload, output)
+    return state

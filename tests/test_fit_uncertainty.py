@@ -1,0 +1,62 @@
+"""mritumor fit-uncertainty: the state it fits equals the one training fitted on the same
+patients, an older checkpoint without one gets one (and predict then flags), the network is
+copied unchanged, and the refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mritumor.checkpoints import load_checkpoint, save_checkpoint
+from mritumor.cli import main
+from mritumor.errors import MritumorError
+from mritumor.inference.refit import refit_uncertainty
+
+
+def test_refit_equals_what_training_fitted(multitask_checkpoint, trained_data, tmp_path):
+    output = tmp_path / "refit.pt"
+    assert main(["-q", "fit-uncertainty", "--checkpoint", str(multitask_checkpoint),
+                 "--data_root", str(trained_data), "--output", str(output)]) == 0  # fmt: skip
+    before, after = load_checkpoint(multitask_checkpoint), load_checkpoint(output)
+    old, new = before["uncertainty"], after["uncertainty"]
+    assert new["ood"]["features"] == "ood_features" and len(new["ood"]["precision"]) >= 3
+    assert new["ood"]["threshold"] == pytest.approx(old["ood"]["threshold"], rel=1e-4)
+    assert new["patient"]["ood_threshold"] == pytest.approx(old["patient"]["ood_threshold"], rel=1e-4)  # fmt: skip
+    np.testing.assert_allclose(new["conformal"]["scores"], old["conformal"]["scores"], atol=1e-5)
+    for key, value in before["model_state"].items():
+        assert torch.equal(after["model_state"][key], value), key
+    assert after["split"] == before["split"] and after["temperature"] == before["temperature"]
+
+
+def test_an_older_checkpoint_gets_a_state_and_predict_flags(
+    multitask_checkpoint, trained_data, tmp_path, capsys
+):
+    import json
+
+    payload = load_checkpoint(multitask_checkpoint)
+    payload.pop("uncertainty")
+    old = save_checkpoint({k: v for k, v in payload.items() if k != "format"}, tmp_path / "old.pt")
+    refit_uncertainty(old, trained_data, tmp_path / "new.pt", coverage=0.8, progress=False)
+    state = load_checkpoint(tmp_path / "new.pt")["uncertainty"]
+    assert state["conformal"]["coverage"] == 0.8
+    patient = next(trained_data.glob("pituitary-g1/*"))
+    capsys.readouterr()
+    argv = ["-q", "predict", "--checkpoint", str(tmp_path / "new.pt"), "--input", str(patient)]
+    assert main([*argv, "--engine", "torch"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)["patients"]
+    assert record["in_distribution"] in (True, False) and "ood_score" in record
+
+
+def test_refusals(multitask_checkpoint, hierarchical_checkpoint, trained_data, tmp_path):
+    with pytest.raises(MritumorError, match="must differ"):
+        refit_uncertainty(multitask_checkpoint, trained_data, multitask_checkpoint, progress=False)
+    with pytest.raises(MritumorError, match="multi-task"):
+        refit_uncertainty(hierarchical_checkpoint, trained_data, tmp_path / "h.pt", progress=False)
+    empty = tmp_path / "other"
+    (empty / "meningioma-g1" / "p0").mkdir(parents=True)
+    from conftest import write_png
+
+    write_png(empty / "meningioma-g1" / "p0" / "s0.png", np.zeros((32, 32), np.uint8))
+    with pytest.raises(MritumorError, match="none of the checkpoint's train patients"):
+        refit_uncertainty(multitask_checkpoint, empty, tmp_path / "x.pt", progress=False)
