@@ -177,7 +177,7 @@ def test_fcn_resnet50_is_torchvisions_and_takes_resnet50_weights():
     assert model.skip_layers == []
     assert isinstance(model.seg_neck[0], torch.nn.Conv2d) and model.seg_neck[0].in_channels == 2048
     assert isinstance(FCNHead(2048, 1)[4], type(model.seg_out))
-    features, _ = model.encode(torch.rand(1, 1, 64, 64))
+    features, _, _ = model.encode(torch.rand(1, 1, 64, 64))
     assert features.shape[-1] == 64 // 8
     registry = build_encoder("resnet50", 1, 64)
     model.encoder.load_state_dict(registry.state_dict(), strict=True)

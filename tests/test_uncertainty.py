@@ -125,6 +125,26 @@ def test_blocks_sum_their_standardised_distances():
         OODDetector.fit(features, labels, blocks=[3, 3])
 
 
+def test_a_block_state_survives_the_npz_of_the_onnx_cache(tmp_path):
+    """The ONNX cache stores the state as .npz (no pickle): lists of per-block arrays come back
+    as lists in order, the feature name as a string, and the scores are unchanged."""
+    from mritumor.evaluation.state import load_state, save_state
+
+    rng = np.random.default_rng(4)
+    labels = np.r_[np.zeros(60, int), np.ones(60, int)]
+    features = rng.normal(0, 1, (120, 12)) + labels[:, None]
+    detector = OODDetector.fit(features, labels, blocks=[2, 3, 3, 4], feature_name="ood_features")
+    detector.standardise(rng.normal(0, 1, (40, 12)))
+    detector.calibrate(detector.score(features), 0.9)
+    path = save_state({"ood": detector.to_state(), "version": 1}, tmp_path / "state.npz")
+    loaded = load_state(path)
+    assert loaded["version"] == 1 and isinstance(loaded["ood"]["means"], list)
+    restored = OODDetector.from_state(loaded["ood"])
+    assert restored.features == "ood_features" and restored.threshold == detector.threshold
+    probe = rng.normal(0, 2, (5, 12))
+    np.testing.assert_allclose(restored.score(probe), detector.score(probe), rtol=1e-12)
+
+
 def test_a_state_written_before_blocks_still_scores():
     """The state of the one-block detector as earlier versions stored it (tensors, not lists,
     no feature name) scores its class embeddings as before."""
