@@ -16,7 +16,10 @@ like ``mritumor data split --cv``'s ``split_foldK.json``) and trained with
 Summary (``OUT/loio.json`` and a Markdown table): per held-out site, the test patients and
 slices, tumour-slice Dice (95 % interval, bootstrap over patients), Dice over all slices, the
 share of tumour-free slices predicted empty, slice type accuracy (95 % interval), macro AUC when
-the run reports it, and the wall time; then the mean ± sample sd (n − 1) over sites, each site
+the run reports it, the temperature-scaled ECE, the coverage and mean size of the 90 % conformal
+type sets (calibrated on the other sites' validation patients), the accuracy when answering the
+80 % most confident slices, the share flagged out of distribution (threshold from the validation
+patients: a site unlike the others shows up as a share well above 5 %), and the wall time; then the mean ± sample sd (n − 1) over sites, each site
 weighing the same whatever its size. In this copy of LGG one site (EZ) has a single patient
 (24 slices, one tumour type): its intervals collapse to the point value and it has no macro
 AUC, yet it counts as one site in the means.
@@ -57,6 +60,20 @@ METRICS = {
     "empty_slices_predicted_empty": "empty → empty",
     "tumor_type_accuracy": "type accuracy",
     "tumor_type_macro_auc": "macro AUC",
+    "ece_after_scaling": "ECE",
+    "set_coverage": "90 % set coverage",
+    "set_size": "set size",
+    "accuracy_at_80": "acc@80 % coverage",
+    "ood_flagged": "OOD flagged",
+}
+# the keys that are plain numbers in a run's JSON files, not {"value", "low", "high"}:
+# key → (file, path of keys inside it); the conformal level is the training's --coverage (0.9)
+POINT_VALUES = {
+    "ece_after_scaling": ("test_metrics.json", ("ece_after_scaling",)),
+    "set_coverage": ("uncertainty.json", ("conformal", "coverage")),
+    "set_size": ("uncertainty.json", ("conformal", "mean_set_size")),
+    "accuracy_at_80": ("uncertainty.json", ("selective", "accuracy_at", "0.80")),
+    "ood_flagged": ("uncertainty.json", ("ood", "flagged_share")),
 }
 WITH_INTERVAL = ("dice_tumour_slices", "tumor_type_accuracy")
 
@@ -128,6 +145,19 @@ def run_site(site: str, split_file: Path, out: Path, args) -> float | None:
     return seconds
 
 
+def point_value(file: Path, path: tuple[str, ...]) -> float | None:
+    """The number at PATH inside the JSON FILE; None when the file or a key is missing (a run
+    without a conformal state writes no uncertainty.json)."""
+    if not file.is_file():
+        return None
+    value = json.loads(file.read_text())
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value if isinstance(value, (int, float)) else None
+
+
 def summarise(out: Path, sites: list[str]) -> dict:
     """Per-site rows from OUT/site_S/{test_metrics,test_report,loio_time}.json and the mean ±
     sample sd over the sites that have the metric (a site not yet trained is left out)."""
@@ -149,6 +179,10 @@ def summarise(out: Path, sites: list[str]) -> dict:
             entry = metrics.get(key)
             if isinstance(entry, dict) and entry.get("value") is not None:
                 row[key] = {k: entry.get(k) for k in ("value", "low", "high")}
+        for key, (name, path) in POINT_VALUES.items():
+            value = point_value(folder / name, path)
+            if value is not None:
+                row[key] = {"value": value, "low": None, "high": None}
         rows[site] = row
     summary = {}
     for key in METRICS:

@@ -111,10 +111,15 @@ def test_run_site_trains_once_and_skips_finished_sites(bench, tmp_path, monkeypa
     assert recorded == round(seconds, 1)
 
 
-def write_site(out: Path, site: str, metrics: dict, n: tuple[int, int], seconds: float) -> None:
+def write_site(
+    out: Path, site: str, metrics: dict, n: tuple[int, int], seconds: float,
+    uncertainty: dict | None = None,
+) -> None:  # fmt: skip
     folder = out / f"site_{site}"
     folder.mkdir(parents=True)
     (folder / "test_metrics.json").write_text(json.dumps({"variant": "F", **metrics}))
+    if uncertainty is not None:
+        (folder / "uncertainty.json").write_text(json.dumps(uncertainty))
     (folder / "test_report.json").write_text(json.dumps({"n_patients": n[0], "n_slices": n[1]}))
     (folder / "loio_time.json").write_text(json.dumps({"seconds": seconds}))
 
@@ -123,21 +128,32 @@ def ci(value, low=None, high=None) -> dict:
     return {"value": value, "low": low, "high": high}
 
 
+def uncertainty(coverage: float, size: float, accuracy_at_80: float, flagged: float) -> dict:
+    """The parts of a run's uncertainty.json the summary reads, in its layout."""
+    return {
+        "conformal": {"method": "lac", "coverage": coverage, "mean_set_size": size},
+        "selective": {"accuracy_at": {"0.50": 1.0, "0.80": accuracy_at_80}},
+        "ood": {"threshold": 3.0, "flagged_share": flagged},
+    }
+
+
 def test_summary_against_hand_worked_means_and_sds(bench, tmp_path):
     assert bench.TIME_FILE == "loio_time.json"  # the name write_site uses
     write_site(
         tmp_path, "AA",
         {"dice_tumour_slices": ci(0.6, 0.5, 0.7), "dice": ci(0.90, 0.8, 0.95),
          "empty_slices_predicted_empty": ci(0.99), "tumor_type_accuracy": ci(0.5, 0.25, 0.75),
-         "tumor_type_macro_auc": ci(0.8, 0.7, 0.9)},
+         "tumor_type_macro_auc": ci(0.8, 0.7, 0.9), "ece_after_scaling": 0.1},
         (4, 120), 61.0,
+        uncertainty(0.9, 1.5, 0.625, 0.25),
     )  # fmt: skip
     write_site(
         tmp_path, "BB",
         {"dice_tumour_slices": ci(0.7, 0.6, 0.8), "dice": ci(0.95),
          "empty_slices_predicted_empty": ci(0.97), "tumor_type_accuracy": ci(0.9, 0.8, 1.0),
-         "tumor_type_macro_auc": ci(0.6)},
+         "tumor_type_macro_auc": ci(0.6), "ece_after_scaling": 0.3},
         (7, 210), 90.4,
+        uncertainty(0.8, 1.1, 0.875, 0.05),
     )  # fmt: skip
     # one patient of one type: no AUC (the evaluation writes none, or a null value)
     write_site(
@@ -153,6 +169,11 @@ def test_summary_against_hand_worked_means_and_sds(bench, tmp_path):
     assert result["sites"]["AA"]["seconds"] == 61.0
     assert result["sites"]["AA"]["dice_tumour_slices"] == ci(0.6, 0.5, 0.7)
     assert "tumor_type_macro_auc" not in result["sites"]["CC"]
+    # CC: no uncertainty.json and no ECE → no such cells; the others read from the right keys
+    assert not {"ece_after_scaling", "set_coverage", "ood_flagged"} & set(result["sites"]["CC"])
+    assert result["sites"]["AA"]["accuracy_at_80"] == ci(0.625)
+    assert result["sites"]["BB"]["set_size"] == ci(1.1)
+    assert result["sites"]["BB"]["ood_flagged"] == ci(0.05)
     summary = result["summary"]
     # by hand: mean of (0.6, 0.7, 0.8) = 0.7, deviations ±0.1, 0 → sd sqrt(0.02 / 2) = 0.1
     assert summary["dice_tumour_slices"]["mean"] == pytest.approx(0.7)
@@ -170,14 +191,21 @@ def test_summary_against_hand_worked_means_and_sds(bench, tmp_path):
         "sd": pytest.approx(0.1 * math.sqrt(2)),
         "n_sites": 2,
     }
+    # set coverage (0.9, 0.8): mean 0.85, sd 0.0707; ECE (0.1, 0.3): mean 0.2, sd 0.1414
+    assert summary["set_coverage"]["mean"] == pytest.approx(0.85)
+    assert summary["set_coverage"]["sd"] == pytest.approx(0.05 * math.sqrt(2))
+    assert summary["ece_after_scaling"]["mean"] == pytest.approx(0.2)
+    assert summary["ood_flagged"]["mean"] == pytest.approx(0.15)
     table = bench.markdown(result)
     lines = table.splitlines()
     assert len(lines) == 2 + 3 + 1
     assert lines[2] == (
-        "| AA | 4 | 120 | 0.600 (0.500–0.700) | 0.900 | 0.990 | 0.500 (0.250–0.750) | 0.800 | 61 |"
+        "| AA | 4 | 120 | 0.600 (0.500–0.700) | 0.900 | 0.990 | 0.500 (0.250–0.750) | 0.800 "
+        "| 0.100 | 0.900 | 1.500 | 0.625 | 0.250 | 61 |"
     )
-    assert lines[4].endswith("| 0.700 (0.700–0.700) | – | 30 |")
+    assert lines[4].endswith("| 0.700 (0.700–0.700) | – | – | – | – | – | – | 30 |")
     assert lines[-1] == (
         "| mean ± sd over sites | | | 0.700 ± 0.100 | 0.900 ± 0.050 | 0.980 ± 0.010 "
-        "| 0.700 ± 0.200 | 0.700 ± 0.141 | |"
+        "| 0.700 ± 0.200 | 0.700 ± 0.141 | 0.200 ± 0.141 | 0.850 ± 0.071 | 1.300 ± 0.283 "
+        "| 0.750 ± 0.177 | 0.150 ± 0.141 | |"
     )
