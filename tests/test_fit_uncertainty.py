@@ -51,6 +51,15 @@ def test_an_older_checkpoint_gets_a_state_and_predict_flags(
 def test_refusals(multitask_checkpoint, hierarchical_checkpoint, trained_data, tmp_path):
     with pytest.raises(MritumorError, match="must differ"):
         refit_uncertainty(multitask_checkpoint, trained_data, multitask_checkpoint, progress=False)
+    link = tmp_path / "link.pt"  # the same file by another name is the same file
+    link.symlink_to(multitask_checkpoint)
+    with pytest.raises(MritumorError, match="must differ"):
+        refit_uncertainty(multitask_checkpoint, trained_data, link, progress=False)
+    for coverage in (0.0, 1.5, 90.0):  # 0 is not "the default", 90 is not a share
+        with pytest.raises(MritumorError, match="--coverage must be a share"):
+            refit_uncertainty(multitask_checkpoint, trained_data, tmp_path / "c.pt", coverage)
+    with pytest.raises(MritumorError, match="--batch_size"):
+        refit_uncertainty(multitask_checkpoint, trained_data, tmp_path / "b.pt", batch_size=0)
     with pytest.raises(MritumorError, match="multi-task"):
         refit_uncertainty(hierarchical_checkpoint, trained_data, tmp_path / "h.pt", progress=False)
     empty = tmp_path / "other"

@@ -123,6 +123,8 @@ def test_blocks_sum_their_standardised_distances():
     np.testing.assert_allclose(restored.score(probe), expected, rtol=1e-10)
     with pytest.raises(ValueError, match="add up"):
         OODDetector.fit(features, labels, blocks=[3, 3])
+    with pytest.raises(ValueError, match="scores 7 values of 'ood_features'"):
+        detector.score(probe[:, :6])  # another network's features: said, not a zip error
 
 
 def test_a_block_state_survives_the_npz_of_the_onnx_cache(tmp_path):

@@ -30,7 +30,9 @@ from mritumor.evaluation.conformal import (
 from mritumor.evaluation.ood import OODDetector, auroc
 from mritumor.evaluation.selective import risk_coverage
 
-UNCERTAINTY_VERSION = 1
+# 2: the OOD state holds per-block lists, the scored output's name and the validation loc/scale
+# (version 1: one embedding block, tensors); both load (OODDetector.from_state)
+UNCERTAINTY_VERSION = 2
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -190,10 +192,11 @@ def patient_answer(
     is the median of its slices', its set comes from the mean probabilities, both against the
     patient-level thresholds)."""
     if not state:
+        fix = "mritumor fit-uncertainty fits them" if slice_level else "retrain to get them"
         return {
             "in_distribution": None,
             "uncertainty_note": "this checkpoint was written before out-of-distribution scores "
-            "and prediction sets were fitted: no flag, no set (retrain to get them)",
+            f"and prediction sets were fitted: no flag, no set ({fix})",
         }
     detector = OODDetector.from_state(state["ood"])
     scores = detector.score(np.asarray(features, dtype=np.float64))

@@ -307,9 +307,18 @@ class Predictor:
         with ``abstain`` an out-of-distribution input's label becomes "uncertain"."""
         from mritumor.evaluation.uncertainty import patient_answer
 
-        state = self.uncertainty if features is not None else None
         labels = self.loaded.labels.types
-        fields = patient_answer(state, features, probs, labels, slice_level, self.coverage)
+        if self.uncertainty and features is None:  # an engine without the scored output
+            name = self.uncertainty.get("ood", {}).get("features", "class_embedding")
+            return {
+                "in_distribution": None,
+                "uncertainty_note": f"the network gives no '{name}' output for its "
+                "out-of-distribution detector: no flag, no set (delete the checkpoint's "
+                ".mritumor_onnx cache or run with --engine torch)",
+            }
+        fields = patient_answer(
+            self.uncertainty, features, probs, labels, slice_level, self.coverage
+        )
         if self.abstain and fields.get("in_distribution") is False:
             fields["predicted_type"] = "uncertain"
             fields["abstain_reason"] = "out of distribution"
@@ -348,9 +357,10 @@ class Predictor:
             ]
             areas = [int(m.sum()) for m in originals]
             result["tumour_area_px"] = int(sum(areas))
-            # every training slice had a tumour: a segmenter that outlines none in any slice is
-            # a second "not what I was trained on" signal beside the OOD score (bench_shift:
-            # tumour-free LGG slices)
+            # a model without a no_tumour type names a tumour type for every input; when its
+            # own segmenter outlines nothing in any slice that name has nothing behind it — a
+            # second "not what I know" signal beside the OOD score (bench_shift: tumour-free
+            # LGG slices shown to a figshare model)
             result["tumour_found"] = any(area > 0 for area in areas)
             for entry, area in zip(slices, areas, strict=True):
                 entry["tumour_area_px"] = area

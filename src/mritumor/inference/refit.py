@@ -55,8 +55,12 @@ def refit_uncertainty(
     from mritumor.data.readers import read_catalog
     from mritumor.models.loading import load_model
 
-    if Path(output).absolute() == Path(checkpoint).absolute():
+    if Path(output).resolve() == Path(checkpoint).resolve():  # resolve: links and ../ too
         raise MritumorError("--output must differ from --checkpoint (the original is kept)")
+    if coverage is not None and not 0 < coverage < 1:
+        raise MritumorError(f"--coverage must be a share between 0 and 1 (e.g. 0.9), not {coverage}")  # fmt: skip
+    if batch_size < 1:
+        raise MritumorError(f"--batch_size must be at least 1, not {batch_size}")
     loaded = load_model(checkpoint)
     if loaded.task != "multitask" or not loaded.classifies:
         raise MritumorError(
@@ -92,7 +96,7 @@ def refit_uncertainty(
     fitted = (loaded.checkpoint.get("uncertainty") or {}).get("conformal", {}).get("coverage")
     state = slice_uncertainty(
         loaded.model, loaders["train"], loaders["val"], cache.catalog.table["patient_id"].to_numpy(), loaded.temperature,
-        coverage or fitted or 0.9,
+        coverage if coverage is not None else (fitted or 0.9),
     )  # fmt: skip
     payload = {k: v for k, v in loaded.checkpoint.items() if k != "format"}
     payload["uncertainty"] = state

@@ -69,6 +69,7 @@ def fit_patient_uncertainty(
         val_probs["type"],
         val["type_true"],
         coverage=config.coverage,
+        feature_name="patient_embedding",  # what it scores (the name is informational here)
     )
     if (val["grade_true"] >= 0).any():
         state["grade_conformal"] = {

@@ -166,7 +166,7 @@ async function render(document_) {
       block.append(...bars("Grade probabilities (end to end)", record.grade_probabilities, record.predicted_grade));
     }
     if (record.tumour_area_px !== undefined) block.append(el("p", {}, `Predicted tumour area: ${record.tumour_area_px} px`));
-    if (record.tumour_found === false) block.append(el("p", { class: "warning", id: "no-tumour-found" }, "No tumour outlined in any slice: this model was trained on tumour slices only, so its type answer is not meaningful here."));
+    if (record.tumour_found === false && record.predicted_type !== "no_tumour") block.append(el("p", { class: "warning", id: "no-tumour-found" }, "No tumour outlined in any slice: the type answer has no outlined tumour behind it."));
     if (record.abstain_reason) block.append(el("p", { class: "warning", id: "abstain-reason" }, `Answered "uncertain": ${record.abstain_reason}.`));
     const figures = el("div", { class: "slices" });
     const drawings = [];
