@@ -181,3 +181,24 @@ def test_an_empty_mask_on_every_slice_is_said_and_abstained_on(
     if answered["tumour_found"]:
         assert answered["predicted_type"] == record["predicted_type"]
         assert "abstain_reason" not in answered
+
+
+def test_an_engine_without_the_scored_output_says_so(
+    multitask_checkpoint, trained_data, monkeypatch, capsys
+):
+    """The state scores ``ood_features`` but the engine gives none (e.g. a stale export): the
+    record says which output is missing instead of blaming the checkpoint's age."""
+    from mritumor.inference.engines import TorchEngine
+
+    run = TorchEngine.run
+
+    def without_features(self, images, mask=None):
+        return {k: v for k, v in run(self, images, mask).items() if k != "ood_features"}
+
+    monkeypatch.setattr(TorchEngine, "run", without_features)
+    patient = next(trained_data.glob("pituitary-g1/*"))
+    argv = ["--checkpoint", str(multitask_checkpoint), "--input", str(patient), "--engine", "torch"]
+    (record,) = predict_json(capsys, *argv, "--abstain")["patients"]
+    assert record["in_distribution"] is None and "type_prediction_set" not in record
+    assert "no 'ood_features' output" in record["uncertainty_note"]
+    assert record.get("abstain_reason") != "out of distribution"  # no flag, no OOD abstention

@@ -96,14 +96,14 @@ class OODDetector:
     def _distances(self, features: np.ndarray) -> np.ndarray:
         """(N, n_blocks) squared Mahalanobis distances to the nearest class mean."""
         widths = [len(p) for p in self.precision]
-        features = np.asarray(features)
+        features = np.asarray(features, dtype=np.float64)
         if features.ndim != 2 or features.shape[1] != sum(widths):
             raise ValueError(
                 f"the OOD detector scores {sum(widths)} values of '{self.features}' per unit, "
                 f"got features of shape {features.shape}: the checkpoint's network and its "
                 "uncertainty state do not match (re-fit with mritumor fit-uncertainty)"
             )
-        blocks = np.split(np.asarray(features, dtype=np.float64), np.cumsum(widths)[:-1], axis=1)
+        blocks = np.split(features, np.cumsum(widths)[:-1], axis=1)
         return np.stack(
             [_mahalanobis(b, m, p) for b, m, p in zip(blocks, self.means, self.precision, strict=True)],
             axis=1,
@@ -159,7 +159,7 @@ class OODDetector:
 
         if self.precision:
             state["means"] = [tensor(m) for m in self.means]
-            # float32: a ResNet-50 block's 4096² matrix is 67 MB so, 134 MB in float64
+            # float32: a ResNet-50 block's 4096² matrix is 67 MB, against 134 MB in float64
             state["precision"] = [tensor(p, torch.float32) for p in self.precision]
         if self.loc is not None:
             state["loc"], state["scale"] = tensor(self.loc), tensor(self.scale)
