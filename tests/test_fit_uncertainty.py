@@ -69,3 +69,52 @@ def test_refusals(multitask_checkpoint, hierarchical_checkpoint, trained_data, t
     write_png(empty / "meningioma-g1" / "p0" / "s0.png", np.zeros((32, 32), np.uint8))
     with pytest.raises(MritumorError, match="none of the checkpoint's train patients"):
         refit_uncertainty(multitask_checkpoint, empty, tmp_path / "x.pt", progress=False)
+
+
+def test_refit_with_aps_scores_the_mass_ranked_above_the_class(
+    multitask_checkpoint, trained_data, tmp_path
+):
+    """--conformal_method aps: the stored method, the checkpoint's coverage kept, and each
+    unit's APS score (mass of the classes at or above its class) is at least its probability
+    of the class (= 1 - its LAC score), so the sorted scores dominate elementwise."""
+    output = tmp_path / "aps.pt"
+    assert main(["-q", "fit-uncertainty", "--checkpoint", str(multitask_checkpoint),
+                 "--data_root", str(trained_data), "--output", str(output),
+                 "--conformal_method", "aps"]) == 0  # fmt: skip
+    old = load_checkpoint(multitask_checkpoint)["uncertainty"]
+    new = load_checkpoint(output)["uncertainty"]
+    assert old["conformal"]["method"] == "lac" and new["conformal"]["method"] == "aps"
+    assert new["conformal"]["coverage"] == old["conformal"]["coverage"]
+    aps, p_true = np.asarray(new["conformal"]["scores"]), 1 - np.asarray(old["conformal"]["scores"])
+    assert len(aps) == len(p_true)
+    assert np.all(aps >= np.sort(p_true) - 1e-6) and np.all(aps <= 1 + 1e-6)
+    # a re-fit without the flag keeps the checkpoint's method
+    refit_uncertainty(output, trained_data, tmp_path / "again.pt", progress=False)
+    assert load_checkpoint(tmp_path / "again.pt")["uncertainty"]["conformal"]["method"] == "aps"
+    with pytest.raises(MritumorError, match="--conformal_method must be one of lac, aps"):
+        refit_uncertainty(output, trained_data, tmp_path / "x.pt", method="raps", progress=False)
+
+
+def test_training_refuses_a_bad_set_option_before_reading_data(tmp_path, capsys):
+    """A recipe or --config value skips argparse's choices: checked before any data is read
+    (--data_root does not exist, so reaching the data would give another error)."""
+    config = tmp_path / "c.yaml"
+    for bad, message in (("conformal_method: raps", "--conformal_method must be one of"),
+                         ("coverage: 90", "--coverage must be a share")):  # fmt: skip
+        config.write_text(bad)
+        for command in ("train-multitask", "train-hierarchical"):
+            argv = [command, "--config", str(config), "--data_root", str(tmp_path / "absent"),
+                    "--outdir", str(tmp_path / "out")]  # fmt: skip
+            assert main(argv) == 2
+            assert message in capsys.readouterr().err, (command, bad)
+
+
+def test_the_flag_choices_are_the_conformal_methods():
+    from mritumor.cli import build_parser
+    from mritumor.commands.common import _leaf_parsers
+    from mritumor.evaluation.conformal import METHODS
+
+    commands = {p.prog.split()[-1]: p for p in _leaf_parsers(build_parser())}
+    for name in ("fit-uncertainty", "train-multitask", "train-hierarchical"):
+        (action,) = [a for a in commands[name]._actions if a.dest == "conformal_method"]
+        assert tuple(action.choices) == METHODS, name

@@ -176,6 +176,7 @@ class HierarchicalConfig(FlagConfig):
     cv: int = 0
     n_boot: int = 1000
     coverage: float = 0.9
+    conformal_method: str = "lac"
     no_calibration: bool = False
     channels_last: bool = True
     label_fraction: float = 1.0
@@ -214,6 +215,7 @@ class MultitaskConfig(FlagConfig):
     seg_ckpt: str | None = None
     n_boot: int = 1000
     coverage: float = 0.9
+    conformal_method: str = "lac"
     n_overlays: int = 8
     no_calibration: bool = False
     channels_last: bool = True

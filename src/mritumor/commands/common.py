@@ -175,6 +175,19 @@ def add_coverage_flag(parser: argparse.ArgumentParser) -> None:
         help="target coverage of the conformal prediction sets fitted on the validation "
         "patients and stored in best.pt (predict and evaluate may ask for another)",
     )
+    add_conformal_method_flag(parser, default="lac")
+
+
+def add_conformal_method_flag(parser: argparse.ArgumentParser, default: str | None) -> None:
+    flag(
+        parser,
+        "--conformal_method",
+        choices=("lac", "aps"),  # mritumor.evaluation.conformal.METHODS (a test keeps them equal)
+        default=default,
+        help="score of the prediction sets: lac (1 - p of the class; the smallest sets) or aps "
+        "(the probability mass ranked at or above the class; larger sets that widen where the "
+        "model spreads its probabilities)",
+    )
 
 
 def add_tta_flag(parser: argparse.ArgumentParser) -> None:

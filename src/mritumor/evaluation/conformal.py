@@ -30,6 +30,17 @@ from numpy.typing import ArrayLike
 METHODS = ("lac", "aps")
 
 
+def check_options(coverage: float, method: str) -> None:
+    """The training and re-fitting commands' ``--coverage`` and ``--conformal_method``, checked
+    before any work (a recipe or ``--config`` value is not checked by argparse)."""
+    from mritumor.errors import MritumorError
+
+    if not 0 < coverage < 1:
+        raise MritumorError(f"--coverage must be a share between 0 and 1 (e.g. 0.9), not {coverage}")  # fmt: skip
+    if method not in METHODS:
+        raise MritumorError(f"--conformal_method must be one of {', '.join(METHODS)}, not {method!r}")  # fmt: skip
+
+
 def class_scores(probs: np.ndarray, method: str) -> np.ndarray:
     """(N, K) non-conformity score of every class for every unit."""
     probs = np.asarray(probs, dtype=float)

@@ -14,9 +14,12 @@ from mritumor.errors import DataError, MritumorError
 log = logging.getLogger(__name__)
 
 
-def slice_uncertainty(model, train_loader, val_loader, patient_ids, temperature, coverage) -> dict:
+def slice_uncertainty(
+    model, train_loader, val_loader, patient_ids, temperature, coverage, method="lac"
+) -> dict:
     """The uncertainty state of a multi-task network from un-augmented loaders of its training
-    and validation slices (``patient_ids``: the patient of every cache row)."""
+    and validation slices (``patient_ids``: the patient of every cache row; ``method``: the
+    conformal score, :data:`mritumor.evaluation.conformal.METHODS`)."""
     from mritumor.evaluation.uncertainty import fit_uncertainty, softmax
     from mritumor.inference.loops import predict_slices
 
@@ -30,6 +33,7 @@ def slice_uncertainty(model, train_loader, val_loader, patient_ids, temperature,
         val["type_true"],
         val_groups=patient_ids[val["rows"]].tolist(),
         coverage=coverage,
+        method=method,
         blocks=model.ood_blocks,
         feature_name="ood_features",
     )
@@ -43,10 +47,12 @@ def refit_uncertainty(
     batch_size: int = 16,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    method: str | None = None,
 ) -> dict:
     """``checkpoint`` with its uncertainty state fitted again on the training and validation
     patients its run recorded (read from ``data_root``), written to ``output``; the network,
-    temperature and everything else unchanged. Returns the new state."""
+    temperature and everything else unchanged. ``coverage`` and ``method`` (the conformal
+    score) default to the checkpoint's. Returns the new state."""
     from torch.utils.data import DataLoader
 
     from mritumor.checkpoints import save_checkpoint
@@ -57,8 +63,9 @@ def refit_uncertainty(
 
     if Path(output).resolve() == Path(checkpoint).resolve():  # resolve: links and ../ too
         raise MritumorError("--output must differ from --checkpoint (the original is kept)")
-    if coverage is not None and not 0 < coverage < 1:
-        raise MritumorError(f"--coverage must be a share between 0 and 1 (e.g. 0.9), not {coverage}")  # fmt: skip
+    from mritumor.evaluation.conformal import check_options
+
+    check_options(0.9 if coverage is None else coverage, method or "lac")
     if batch_size < 1:
         raise MritumorError(f"--batch_size must be at least 1, not {batch_size}")
     loaded = load_model(checkpoint)
@@ -93,10 +100,11 @@ def refit_uncertainty(
         )
         for name, patients in parts.items()
     }
-    fitted = (loaded.checkpoint.get("uncertainty") or {}).get("conformal", {}).get("coverage")
+    fitted = (loaded.checkpoint.get("uncertainty") or {}).get("conformal", {})
     state = slice_uncertainty(
         loaded.model, loaders["train"], loaders["val"], cache.catalog.table["patient_id"].to_numpy(), loaded.temperature,
-        coverage if coverage is not None else (fitted or 0.9),
+        coverage if coverage is not None else fitted.get("coverage", 0.9),
+        method or fitted.get("method", "lac"),
     )  # fmt: skip
     payload = {k: v for k, v in loaded.checkpoint.items() if k != "format"}
     payload["uncertainty"] = state

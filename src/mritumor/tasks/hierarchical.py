@@ -33,6 +33,7 @@ from mritumor.data.labels import LabelSpace
 from mritumor.data.prepare import PreparedData, prepare_data_for
 from mritumor.data.splits import Split, make_folds, sample_labelled_patients
 from mritumor.evaluation.calibration import fit_temperature
+from mritumor.evaluation.conformal import check_options
 from mritumor.evaluation.hierarchical import evaluate_hierarchical
 from mritumor.evaluation.metrics import cv_summary
 from mritumor.evaluation.uncertainty import write_test_uncertainty
@@ -246,6 +247,7 @@ def train_hierarchical(config: HierarchicalConfig) -> dict:
     """Run ``mritumor train-hierarchical`` (flags: :mod:`mritumor.commands.hierarchical`): the
     test report, or with ``cv`` the summary over folds."""
     outdir = check_writable(config.outdir, "--outdir")  # before reading or caching any data
+    check_options(config.coverage, config.conformal_method)  # used only at the end of training
     if config.ssl_ckpt:  # an unusable encoder checkpoint fails in seconds, not after caching
         load_checkpoint(config.ssl_ckpt)
     save_resolved_config(config, outdir)

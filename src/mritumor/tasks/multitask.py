@@ -36,6 +36,7 @@ from mritumor.data.prepare import PreparedData, prepare_data_for
 from mritumor.data.splits import Split
 from mritumor.errors import DataError
 from mritumor.evaluation.calibration import fit_temperature
+from mritumor.evaluation.conformal import check_options
 from mritumor.evaluation.multitask import evaluate_multitask, write_comparison
 from mritumor.evaluation.uncertainty import ood_features, softmax, write_test_uncertainty
 from mritumor.inference.loops import predict_slices  # shared with `mritumor evaluate`
@@ -274,6 +275,7 @@ def train_multitask(config: MultitaskConfig) -> dict:
     """Run ``mritumor train-multitask`` (flags: :mod:`mritumor.commands.multitask`): one
     variant's test report, or for ``variant="all"`` the seven by variant."""
     outdir = check_writable(config.outdir, "--outdir")  # before reading or caching any data
+    check_options(config.coverage, config.conformal_method)  # used only at the end of training
     for given in (config.ssl_ckpt, config.seg_ckpt):  # unusable checkpoints fail in seconds
         if given:
             load_checkpoint(given)

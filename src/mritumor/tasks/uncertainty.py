@@ -34,6 +34,7 @@ def fit_slice_uncertainty(
         data.cache.catalog.table["patient_id"].to_numpy(),
         temperature,
         config.coverage,
+        config.conformal_method,
     )
 
 
@@ -69,6 +70,7 @@ def fit_patient_uncertainty(
         val_probs["type"],
         val["type_true"],
         coverage=config.coverage,
+        method=config.conformal_method,
         feature_name="patient_embedding",  # what it scores (the name is informational here)
     )
     if (val["grade_true"] >= 0).any():
