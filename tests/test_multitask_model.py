@@ -208,3 +208,40 @@ def test_clustered_bootstrap_resamples_patients_not_rows():
         assert clustered[key] == pytest.approx(plain[key])
     naive = bootstrap_intervals(lambda idx: {"m": rows[idx].mean()}, len(rows), 300, seed=5)["m"]
     assert naive["value"] != pytest.approx(plain["value"])  # rows ≠ patients: the test can fail
+
+
+def test_tversky_loss_matches_hand_computation_and_weighs_misses_more():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 1, 6, 6)
+    target = (torch.rand(2, 1, 6, 6) > 0.5).float()
+    p = torch.sigmoid(logits)
+    tp, fp, fn = (p * target).sum(), (p * (1 - target)).sum(), ((1 - p) * target).sum()
+    smooth = 1e-5
+    tversky = 1 - (tp + smooth) / (tp + 0.3 * fp + 0.7 * fn + smooth)
+    bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
+    got = segmentation_loss(logits, target, "tversky_ce").item()
+    assert got == pytest.approx((tversky + bce).item(), rel=1e-5)
+    # missing half the tumour (8 px) against adding as much outside: Dice 1/3 vs 1/5 (gap 0.133),
+    # Tversky 1 - 8/13.6 vs 1 - 16/18.4 (gap 0.282); the cross-entropy terms are equal
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    missed, extra = mask.clone(), mask.clone()
+    missed[..., 2:4, 2:6] = 0
+    extra[..., 6:8, 2:6] = 1
+    to_logits = lambda m: (m * 2 - 1) * 12  # noqa: E731  (confident 0/1 masks)
+
+    def gap(kind):
+        return (segmentation_loss(to_logits(missed), mask, kind) - segmentation_loss(to_logits(extra), mask, kind)).item()  # fmt: skip
+
+    assert gap("dice_ce") == pytest.approx(1 / 3 - 1 / 5, abs=1e-3)
+    assert gap("tversky_ce") == pytest.approx((1 - 8 / 13.6) - (1 - 16 / 18.4), abs=1e-3)
+
+
+def test_the_seg_loss_flag_lists_the_losses():
+    from mritumor.cli import build_parser
+    from mritumor.commands.common import _leaf_parsers
+    from mritumor.losses import SEG_LOSSES
+
+    (train,) = [p for p in _leaf_parsers(build_parser()) if p.prog.endswith("train-multitask")]
+    (action,) = [a for a in train._actions if a.dest == "seg_loss"]
+    assert tuple(action.choices) == SEG_LOSSES

@@ -90,9 +90,10 @@ def register(subcommands) -> None:
     flag(
         parser,
         "--seg_loss",
-        choices=("dice_ce", "dice_focal"),
+        choices=("dice_ce", "dice_focal", "tversky_ce"),  # mritumor.losses.SEG_LOSSES
         default="dice_ce",
-        help="mask loss: Dice + binary cross-entropy, or Dice + focal loss",
+        help="mask loss: Dice + binary cross-entropy, Dice + focal loss, or Tversky (missed "
+        "tumour weighs 0.7, extra 0.3: for models that under-segment) + cross-entropy",
     )
     flag(
         parser, "--seg_weight", type=float, default=1.0, help="weight of the mask loss (--seg_loss)"
