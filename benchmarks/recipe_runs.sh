@@ -32,6 +32,7 @@ case "$WHAT" in
     run F_fcn "$DATA" --variant F --decoder fcn
     run F_no_augment "$DATA" --variant F --augment none
     run F_dice_focal "$DATA" --variant F --seg_loss dice_focal
+    run F_tversky "$DATA" --variant F --seg_loss tversky_ce
     if [ "$RECIPE" = cpu ]; then
       run F_size128 "$DATA" --variant F --image_size 128
       run F_half_epochs "$DATA" --variant F --epochs 6
