@@ -55,3 +55,26 @@ def test_warmup_then_cosine_learning_rates():
     # linear from 0.1 to 1 over two epochs, then cosine over the remaining four
     expected = [0.1, 0.55] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
     assert rates == pytest.approx(expected)
+
+
+def test_best_checkpoint_keeps_the_later_of_tied_epochs(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from mritumor.checkpoints import load_checkpoint
+    from mritumor.training import BestStateCheckpoint
+
+    callback = BestStateCheckpoint(tmp_path / "best.pt", lambda m: {"epoch_seen": m.epoch}, "val_acc", "max")  # fmt: skip
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, max_epochs=5)
+    for epoch, accuracy in enumerate([0.77, 0.70, 0.77, 0.74, 0.60]):
+        trainer.current_epoch, trainer.callback_metrics = epoch, {"val_acc": torch.tensor(accuracy)}
+        callback.on_train_epoch_end(trainer, SimpleNamespace(epoch=epoch))
+    saved = load_checkpoint(tmp_path / "best.pt")
+    assert callback.best_epoch == 2 and saved["epoch_seen"] == 2
+    assert saved["training"]["best_epoch"] == 2 and saved["training"]["epochs_run"] == 3
+    lower = BestStateCheckpoint(tmp_path / "loss.pt", lambda m: {}, "val_loss", "min")
+    for epoch, loss in enumerate([1.0, 0.9, 1.2]):
+        trainer.current_epoch, trainer.callback_metrics = epoch, {"val_loss": torch.tensor(loss)}
+        lower.on_train_epoch_end(trainer, None)
+    assert lower.best_epoch == 1

@@ -229,7 +229,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class BestStateCheckpoint(L.Callback):
     """Writes ``payload_fn(module)`` with :func:`save_checkpoint` (atomic, safe to load) whenever
-    the monitored metric improves. Its best score survives ``--resume`` (Lightning stores
+    the monitored metric improves or equals its best (the later of tied epochs is kept). Its best score survives ``--resume`` (Lightning stores
     callback state in ``last.ckpt``)."""
 
     def __init__(self, path: str | Path, payload_fn, monitor: str, mode: str = "min"):
@@ -238,9 +238,12 @@ class BestStateCheckpoint(L.Callback):
         self.best_epoch: int | None = None
 
     def _improved(self, score: float) -> bool:
+        # A tie counts: a coarse metric (accuracy over a few dozen validation patients) often
+        # repeats its best, and the later weights have trained longer (a 60-epoch run kept its
+        # untrained epoch 0 on a tie with epochs 38-39 before this).
         if self.best_score is None:
             return True
-        return score < self.best_score if self.mode == "min" else score > self.best_score
+        return score <= self.best_score if self.mode == "min" else score >= self.best_score
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # In Lightning 2.x validation has already run when this hook fires.
