@@ -186,7 +186,8 @@ def add_conformal_method_flag(parser: argparse.ArgumentParser, default: str | No
         default=default,
         help="score of the prediction sets: lac (1 - p of the class; the smallest sets) or aps "
         "(the probability mass ranked at or above the class; larger sets that widen where the "
-        "model spreads its probabilities)",
+        "model spreads its probabilities)"
+        + ("" if default else "; default: the checkpoint's, else lac"),
     )
 
 
