@@ -22,18 +22,12 @@ import numpy as np
 DEFAULT_THRESHOLDS = (-4.0, -2.0, 0.0, 2.0)
 
 
-def slice_dice(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """Per-slice Dice of boolean (N, H, W) masks; 1 when both are empty (the project's
-    convention, :mod:`mritumor.evaluation.segmentation`)."""
-    inter = (pred & true).sum(axis=(1, 2))
-    total = pred.sum(axis=(1, 2)) + true.sum(axis=(1, 2))
-    return np.where(total == 0, 1.0, 2 * inter / np.maximum(total, 1))
-
-
 def error_table(logits: np.ndarray, true: np.ndarray, types: np.ndarray, names, thresholds) -> dict:
     """Per type (and ``all``) over slices with tumour: Dice at each threshold, and at logit > 0
     pixel recall / precision (pooled over the type's pixels), the share of slices predicted
     empty and the median predicted/reference area ratio."""
+    from mritumor.evaluation.segmentation import dice_iou  # the project's Dice (MONAI)
+
     tumour = true.reshape(len(true), -1).any(axis=1)
     logits, true, types = logits[tumour], true[tumour], np.asarray(types)[tumour]
     table = {}
@@ -46,7 +40,9 @@ def error_table(logits: np.ndarray, true: np.ndarray, types: np.ndarray, names, 
         hit = (pred & ref).sum()
         table[name] = {
             "n_slices": int(rows.sum()),
-            "dice": {f"{t:g}": float(slice_dice(logits[rows] > t, ref).mean()) for t in thresholds},
+            "dice": {
+                f"{t:g}": float(dice_iou(logits[rows] > t, ref)[0].mean()) for t in thresholds
+            },
             "pixel_recall": float(hit / ref.sum()),
             "pixel_precision": float(hit / pred.sum()) if pred.any() else None,
             "empty_prediction_share": float((pred.reshape(len(pred), -1).sum(1) == 0).mean()),

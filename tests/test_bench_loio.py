@@ -5,7 +5,6 @@ means and sample sds."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -16,16 +15,14 @@ import pytest
 from mritumor.data.splits import load_split
 from mritumor.errors import DataError
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_loio.py"
 SITES = {"AA": 4, "BB": 7, "CC": 9}  # institution → patients
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_loio", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from conftest import load_benchmark
+
+    return load_benchmark("bench_loio")
 
 
 def fake_table() -> pd.DataFrame:

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "summarise_folds.py"
-
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("summarise_folds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from conftest import load_benchmark
+
+    return load_benchmark("summarise_folds")
 
 
 def test_mean_and_sample_sd_over_folds(tmp_path, capsys):
