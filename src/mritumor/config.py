@@ -106,7 +106,12 @@ class DataConfig(FlagConfig):
     val_frac: float = 0.15
     test_frac: float = 0.15
     seed: int = 0
+    split_seed: int | None = None  # None: the split follows --seed (the behaviour before it)
     group_by: str | None = None
+
+    @property
+    def effective_split_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 @dataclass
@@ -177,6 +182,7 @@ class HierarchicalConfig(FlagConfig):
     n_boot: int = 1000
     coverage: float = 0.9
     conformal_method: str = "lac"
+    conformal_mondrian: bool = False
     no_calibration: bool = False
     channels_last: bool = True
     label_fraction: float = 1.0
@@ -216,6 +222,7 @@ class MultitaskConfig(FlagConfig):
     n_boot: int = 1000
     coverage: float = 0.9
     conformal_method: str = "lac"
+    conformal_mondrian: bool = False
     n_overlays: int = 8
     no_calibration: bool = False
     channels_last: bool = True

@@ -146,7 +146,19 @@ def add_split_flags(parser: argparse.ArgumentParser) -> None:
         help="share of patients (groups) for testing",
     )
     flag(
-        parser, "--seed", type=int, default=0, help="random seed (split, sampling, initialisation)"
+        parser,
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of sampling and initialisation (and of the split unless --split_seed)",
+    )
+    flag(
+        parser,
+        "--split_seed",
+        type=int,
+        default=None,
+        help="random seed of the patient split (default: --seed); keep it fixed while varying "
+        "--seed so that runs of several training seeds test the same patients",
     )
     flag(
         parser,
@@ -176,6 +188,18 @@ def add_coverage_flag(parser: argparse.ArgumentParser) -> None:
         "patients and stored in best.pt (predict and evaluate may ask for another)",
     )
     add_conformal_method_flag(parser, default="lac")
+    add_mondrian_flag(parser)
+
+
+def add_mondrian_flag(parser: argparse.ArgumentParser, note: str = "") -> None:
+    flag(
+        parser,
+        "--conformal_mondrian",
+        action="store_true",
+        help="class-conditional (Mondrian) prediction sets: one threshold per true class, so "
+        "each class reaches the coverage, not only their average (a rare or hard class is "
+        "not hidden by an easy one); needs enough calibration units of every class" + note,
+    )
 
 
 def add_conformal_method_flag(parser: argparse.ArgumentParser, default: str | None) -> None:

@@ -94,7 +94,7 @@ def prepare_data_for(
         split_file=data.split_file,
         val_frac=data.val_frac,
         test_frac=data.test_frac,
-        seed=data.seed,
+        seed=data.effective_split_seed,
         group_by=data.group_by,
         outdir=outdir,
         progress=progress,

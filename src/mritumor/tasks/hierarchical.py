@@ -261,7 +261,7 @@ def train_hierarchical(config: HierarchicalConfig) -> dict:
         data.catalog.table,
         config.cv,
         config.data.val_frac,
-        seed=config.data.seed,
+        seed=config.data.effective_split_seed,
         group_by=config.data.group_by,
     )
     reports = []
