@@ -88,14 +88,21 @@ class FlagConfig:
 
     def scalar_flags(self) -> dict[str, Any]:
         """The flat values that are plain scalars (what checkpoints record as ``config``)."""
-        return {k: v for k, v in self.to_flat().items() if isinstance(v, SCALARS)}
+        return {
+            k: v
+            for k, v in self.to_flat().items()
+            if isinstance(v, SCALARS)
+            or (isinstance(v, list) and all(isinstance(x, SCALARS) for x in v))
+        }
 
 
 @dataclass
 class DataConfig(FlagConfig):
     """What :func:`mritumor.data.prepare.prepare_data` takes: source, preprocessing, split."""
 
-    data_root: str | Path | None = None
+    data_root: str | Path | list | None = None  # a list: several sources (--data_root twice)
+    source_name: list | None = None  # one name per data_root (--source_name)
+    sources: str | None = None  # a YAML file of sources (mritumor.data.sources)
     format: str | None = None
     strict: bool = False
     image_size: int = 224
@@ -226,6 +233,7 @@ class MultitaskConfig(FlagConfig):
     n_overlays: int = 8
     no_calibration: bool = False
     channels_last: bool = True
+    cv_by: str = "none"
     data: DataConfig = field(default_factory=lambda: DataConfig(image_size=256))
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     command: str = "train-multitask"

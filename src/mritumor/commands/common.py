@@ -89,15 +89,55 @@ def flag(parser: argparse.ArgumentParser, name: str, **options) -> None:
     parser.add_argument(*names, **options)
 
 
-def add_data_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
+class RootsAction(argparse.Action):
+    """``--data_root`` given once stays a path (every one-source code path is unchanged);
+    given again, the values become a list: several sources."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        if current is None or current == self.default:
+            setattr(namespace, self.dest, values)
+        else:
+            setattr(namespace, self.dest, [*([current] if isinstance(current, str) else current), values])  # fmt: skip
+
+
+def add_data_flags(
+    parser: argparse.ArgumentParser, required: bool = True, several: bool = False
+) -> None:
+    """``several``: training commands, which also read several sources at once."""
     from mritumor.data.readers import FORMATS
 
     flag(
         parser,
         "--data_root",
-        required=required,
-        help="dataset folder, manifest CSV, or Figshare/LGG release",
+        required=required and not several,
+        action=RootsAction if several else "store",
+        help="dataset folder, manifest CSV, or Figshare/LGG release"
+        + (
+            "; give it several times to train on several sources at once (each read by its "
+            "own reader, split by patient within each source, its metrics reported apart)"
+            if several
+            else ""
+        ),
     )
+    if several:
+        flag(
+            parser,
+            "--source_name",
+            action="append",
+            default=None,
+            help="a name for each --data_root, in the same order (default: the folder's name); "
+            "it prefixes patient ids and labels the per-source metrics",
+        )
+        flag(
+            parser,
+            "--sources",
+            default=None,
+            help="a YAML file listing sources, each with data_root and optionally name, format, "
+            "channel (0-based; e.g. 2 = LGG's post-contrast T1 for a 1-channel model), types "
+            "(renames, e.g. astrocytoma: glioma), keep (column: [values]) and masks (false: "
+            "classification only); see mritumor.data.sources",
+        )
     flag(
         parser,
         "--format",

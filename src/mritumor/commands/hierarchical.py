@@ -28,7 +28,7 @@ def register(subcommands) -> None:
     parser = add_command(
         subcommands, "train-hierarchical", "train the two-step type → grade classifier", DESCRIPTION
     )
-    add_data_flags(parser)
+    add_data_flags(parser, several=True)
     flag(parser, "--outdir", required=True, help="run folder for the checkpoint and every artifact")
     add_config_flag(parser)
     add_recipe_flag(parser)

@@ -36,7 +36,7 @@ def register(subcommands) -> None:
         "train segmentation + classification variants A–G",
         DESCRIPTION,
     )
-    add_data_flags(parser)
+    add_data_flags(parser, several=True)
     flag(
         parser, "--outdir", required=True, help="run folder (one sub-folder per variant for 'all')"
     )
@@ -113,9 +113,11 @@ def register(subcommands) -> None:
     flag(
         parser,
         "--balance",
-        choices=("none", "weights"),
+        choices=("none", "weights", "source", "source+weights"),
         default="weights",
-        help="inverse-frequency class weights in the class loss",
+        help="weights: inverse-frequency class weights in the class loss; source: draw the "
+        "training slices so that every source (--data_root given several times) is seen "
+        "equally often, whatever its size; source+weights: both",
     )
     flag(
         parser,
@@ -162,6 +164,15 @@ def register(subcommands) -> None:
         help="channels-last memory format (faster convolutions on CPU)",
     )
     flag(parser, "--cache_dir", default=None, help="keep the preprocessed cache on disk here")
+    flag(
+        parser,
+        "--cv_by",
+        choices=("none", "source"),
+        default="none",
+        help="source: leave-one-source-out over the sources of --data_root/--sources — for each "
+        "source, train on the others and test on all its patients (OUTDIR/<source>/), and the "
+        "table of held-out sources in OUTDIR/loso.md and loso_summary.json",
+    )
     add_split_flags(parser)
     add_trainer_flags(parser)
     add_data_on_device_flag(parser)

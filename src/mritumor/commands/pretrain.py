@@ -40,7 +40,7 @@ def register(subcommands) -> None:
     pretrain = add_command(
         subcommands, "pretrain", "SimCLR self-supervised encoder pretraining", PRETRAIN_DESCRIPTION
     )
-    add_data_flags(pretrain)
+    add_data_flags(pretrain, several=True)
     flag(pretrain, "--outdir", required=True, help="folder for the checkpoint, logs and split")
     add_encoder_flags(pretrain)
     flag(

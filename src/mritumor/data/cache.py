@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -105,12 +106,32 @@ def resize_square(tensor: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     return F.interpolate(padded[None], size=(size, size), mode=mode, **options)[0]
 
 
+def pick_channel(image: np.ndarray, channel) -> np.ndarray:
+    """The one channel a source asks for (``channel`` column of a multi-source catalog:
+    LGG's post-contrast T1 for a 1-channel model), or the image unchanged (None or -1)."""
+    if channel is None or pd.isna(channel) or int(channel) < 0:
+        return image
+    if int(channel) >= image.shape[0]:
+        raise io.SliceReadError(f"channel {int(channel)} asked of an image with {image.shape[0]}")
+    return image[int(channel) : int(channel) + 1]
+
+
 def infer_channels(catalog: Catalog, probe: int = 8) -> int:
-    """The channel count of the first decodable slices (1 for grayscale, 3 for LGG's RGB)."""
+    """The channel count of the first decodable slices (1 for grayscale, 3 for LGG's RGB),
+    after a multi-source catalog's channel choice; every source is probed."""
+    table = catalog.table
+    if "source" in table.columns and table["source"].nunique() > 1:
+        return max(
+            infer_channels(Catalog(part, catalog.source, catalog.root), probe)
+            for _, part in table.groupby("source", sort=False)
+        )
     counts = []
-    for image, frame in catalog.table[["image", "frame"]].head(probe * 4).itertuples(index=False):
+    columns = ["image", "frame", "channel"] if "channel" in table.columns else ["image", "frame"]
+    for image, frame, *channel in table[columns].head(probe * 4).itertuples(index=False):
         try:
-            counts.append(io.read_image(image, frame).shape[0])
+            counts.append(
+                pick_channel(io.read_image(image, frame), (channel or [None])[0]).shape[0]
+            )
         except io.SliceReadError:
             continue
         if len(counts) >= probe:
@@ -174,7 +195,7 @@ class SliceCache:
         def decode(position: int) -> None:
             row = catalog.table.iloc[position]
             try:
-                image = io.read_image(row["image"], row["frame"])
+                image = pick_channel(io.read_image(row["image"], row["frame"]), row.get("channel"))
                 images[position] = preprocess_image(image, prep).numpy()
                 if row["mask"] is not None:
                     mask = io.read_mask(row["mask"], row["frame"])
@@ -294,6 +315,8 @@ def cache_key(catalog: Catalog, prep: Preprocessing) -> str:
             except OSError:
                 digest.update(f"{path}|missing".encode("utf-8", "surrogateescape"))
         digest.update(str(frame).encode())
+    if "channel" in catalog.table.columns:  # a source's channel choice changes the pixels
+        digest.update(catalog.table["channel"].astype(str).str.cat(sep=",").encode())
     return digest.hexdigest()[:24]
 
 

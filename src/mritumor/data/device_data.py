@@ -93,6 +93,7 @@ class _DeviceBatches:
         augment: BatchAugment | None,
         device: torch.device | str,
         seed: int | None,
+        weights=None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -101,6 +102,11 @@ class _DeviceBatches:
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
         self.augment, self.device, self.seed = augment, torch.device(device), seed
         self.epoch = 0
+        # weights (n,): the shuffle becomes n draws with replacement in proportion to them
+        # (WeightedRandomSampler: --balance sampler / source)
+        self.weights = None if weights is None else _on(self.device, weights, torch.float64)
+        if self.weights is not None and self.weights.shape != (n,):
+            raise ValueError(f"weights must have shape ({n},)")
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -118,7 +124,9 @@ class _DeviceBatches:
         return generator
 
     def _order(self, generator: torch.Generator | None) -> torch.Tensor:
-        """The epoch's item order (a permutation, or 0..n-1 without shuffling)."""
+        """The epoch's item order (a permutation, weighted draws, or 0..n-1 without shuffling)."""
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
         if self.shuffle:
             return torch.randperm(self.n, generator=generator, device=self.device)
         return torch.arange(self.n, device=self.device)
@@ -164,8 +172,9 @@ class DeviceSliceLoader(_DeviceBatches):
         augment: BatchAugment | None = None,
         device: torch.device | str = "cpu",
         seed: int | None = 0,
+        weights=None,
     ) -> None:
-        super().__init__(len(images), batch_size, shuffle, drop_last, augment, device, seed)
+        super().__init__(len(images), batch_size, shuffle, drop_last, augment, device, seed, weights)  # fmt: skip
         device = self.device
         self.images = _on(device, images)
         if not (self.images.ndim == 4 and self.images.is_floating_point()):
@@ -305,7 +314,7 @@ class DeviceBagLoader(_DeviceBatches):
         seed: int | None = 0,
     ) -> None:
         n_patients = len(patient_slices)
-        super().__init__(n_patients, batch_size, shuffle, drop_last, augment, device, seed)
+        super().__init__(n_patients, batch_size, shuffle, drop_last, augment, device, seed, weights)  # fmt: skip
         if bag_size < 1:
             raise ValueError("bag_size must be >= 1")
         bag_positions(1, bag_size, bag_policy)  # validates the policy
@@ -334,8 +343,7 @@ class DeviceBagLoader(_DeviceBatches):
         self.slice_rows = _on(self.device, rows, torch.int64)
         self.tumor_type = _on(self.device, tumor_type, torch.int64)
         self.grade = _on(self.device, grade, torch.int64)
-        self.weights = None if weights is None else _on(self.device, weights, torch.float64)
-        for name in ("tumor_type", "grade") + (("weights",) if weights is not None else ()):
+        for name in ("tumor_type", "grade"):
             if getattr(self, name).shape != (n_patients,):
                 raise ValueError(f"{name} must have shape ({n_patients},)")
 
@@ -354,11 +362,6 @@ class DeviceBagLoader(_DeviceBatches):
             bag_policy=dataset.bag_policy,
             **kwargs,
         )
-
-    def _order(self, generator: torch.Generator | None) -> torch.Tensor:
-        if self.weights is None:
-            return super()._order(generator)
-        return torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
 
     def _bag_slices(self, patients: torch.Tensor, generator: torch.Generator | None):
         """(B, L) indices into ``images`` (-1 = padding) and the (B, L) mask of real slices."""

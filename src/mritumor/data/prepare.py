@@ -16,7 +16,9 @@ from mritumor.data.cache import Preprocessing, SliceCache, infer_channels
 from mritumor.data.catalog import Catalog
 from mritumor.data.labels import LabelSpace
 from mritumor.data.readers import read_catalog
+from mritumor.data.sources import MULTI_SOURCE, read_sources, source_specs
 from mritumor.data.splits import Split, load_split, make_split
+from mritumor.errors import DataError
 
 if TYPE_CHECKING:
     from mritumor.config import DataConfig
@@ -35,8 +37,30 @@ class PreparedData:
         return self.split.part(part)
 
 
+def is_multi_source(data_root, source_name=None, sources=None) -> bool:
+    """Whether the flags ask for the multi-source reader (several roots, names or a file)."""
+    several = not isinstance(data_root, str | Path | None) and len(data_root) > 1
+    return bool(several or source_name or sources)
+
+
+def read_data(
+    data_root, format: str | None = None, strict: bool = False, source_name=None, sources=None
+) -> Catalog:
+    """The catalog of ``--data_root`` (one root: its reader, as always; several roots, names or
+    a ``--sources`` file: :func:`mritumor.data.sources.read_sources`)."""
+    if not is_multi_source(data_root, source_name, sources):
+        root = data_root if isinstance(data_root, str | Path) else data_root[0]
+        return read_catalog(root, format=format, strict=strict)
+    if format:
+        raise DataError(
+            "--format applies to one --data_root; with several sources give each its format "
+            "in a --sources file"
+        )
+    return read_sources(source_specs(data_root, source_name, sources), strict=strict)
+
+
 def prepare_data(
-    data_root: str | Path,
+    data_root,
     format: str | None = None,
     strict: bool = False,
     image_size: int = 224,
@@ -50,8 +74,10 @@ def prepare_data(
     group_by: str | None = None,
     outdir: str | Path | None = None,
     progress: bool = True,
+    source_name=None,
+    sources: str | Path | None = None,
 ) -> PreparedData:
-    catalog = read_catalog(data_root, format=format, strict=strict)
+    catalog = read_data(data_root, format, strict, source_name, sources)
     channels = channels or infer_channels(catalog)
     prep = Preprocessing(image_size=image_size, channels=channels, intensity=intensity)
     cache = SliceCache.build(catalog, prep, cache_dir=cache_dir, strict=strict, progress=progress)
@@ -59,7 +85,8 @@ def prepare_data(
     if split_file:
         split = load_split(split_file, catalog.table)
     else:
-        split = make_split(catalog.table, val_frac, test_frac, seed=seed, group_by=group_by)
+        within = "source" if catalog.source == MULTI_SOURCE else None
+        split = make_split(catalog.table, val_frac, test_frac, seed, group_by, within)
     labels = LabelSpace.from_table(catalog.subset(split.train).table)
     log.info(
         "data: %d slices, %d patients (train %d, val %d, test %d; %s); %d item(s) skipped",
@@ -81,8 +108,8 @@ def prepare_data_for(
 ) -> PreparedData:
     """:func:`prepare_data` with a :class:`~mritumor.config.DataConfig`'s source,
     preprocessing and split; ``outdir`` receives ``split.json`` (None: not written)."""
-    if data.data_root is None:
-        raise ValueError("DataConfig.data_root is required")
+    if data.data_root is None and not data.sources:
+        raise ValueError("DataConfig.data_root (or sources) is required")
     return prepare_data(
         data.data_root,
         format=data.format,
@@ -98,4 +125,6 @@ def prepare_data_for(
         group_by=data.group_by,
         outdir=outdir,
         progress=progress,
+        source_name=data.source_name,
+        sources=data.sources,
     )

@@ -75,8 +75,24 @@ def make_split(
     test_frac: float = 0.15,
     seed: int = 0,
     group_by: str | None = None,
+    within: str | None = None,
 ) -> Split:
-    """Train/val/test by group. ``val_frac`` may be 0 (no validation part)."""
+    """Train/val/test by group. ``val_frac`` may be 0 (no validation part). ``within``: a
+    column (``source`` for a multi-source catalog) whose every value is split on its own with
+    these fractions, so each source has its own train, validation and test patients."""
+    if within is not None and table[within].nunique() > 1:
+        parts = [
+            make_split(rows, val_frac, test_frac, seed, group_by)
+            for _, rows in table.groupby(within, sort=True)
+        ]
+        return Split(
+            train=sorted(p for part in parts for p in part.train),
+            val=sorted(p for part in parts for p in part.val),
+            test=sorted(p for part in parts for p in part.test),
+            strategy=f"within {within}: " + ", ".join(sorted({p.strategy for p in parts})),
+            group_by=parts[0].group_by,
+            seed=seed,
+        )
     if not (0 <= val_frac < 1 and 0 < test_frac < 1 and val_frac + test_frac < 1):
         raise DataError(
             f"fractions val={val_frac}, test={test_frac} must be in [0, 1) and sum below 1"
@@ -145,6 +161,42 @@ def make_folds(
                 group_by=column,
                 seed=seed,
                 fold=fold,
+            )
+        )
+    return folds
+
+
+def leave_one_source_out(
+    table: pd.DataFrame, val_frac: float = 0.15, seed: int = 0, group_by: str | None = None
+) -> list[Split]:
+    """One split per source: its every patient is the test part; the other sources' patients
+    are split into training and validation within each source (``--cv_by source``)."""
+    names = sorted(table["source"].astype(str).unique())
+    if len(names) < 2:
+        raise DataError(f"--cv_by source needs at least two sources; the data has {names}")
+    folds = []
+    for fold, name in enumerate(names):
+        held_out = table["source"].astype(str) == name
+        rest = table[~held_out]
+        train, val = sorted(set(rest["patient_id"].astype(str))), []
+        if val_frac > 0:
+            # the validation share of each remaining source, as a train/val split of it
+            parts = [
+                make_split(rows, 0.0, val_frac, seed, group_by)
+                for _, rows in rest.groupby("source", sort=True)
+            ]
+            train = sorted(p for part in parts for p in part.train)
+            val = sorted(p for part in parts for p in part.test)
+        folds.append(
+            Split(
+                train=train,
+                val=val,
+                test=sorted(set(table.loc[held_out, "patient_id"].astype(str))),
+                strategy=f"leave-one-source-out: {name} held out",
+                group_by=group_column(table, group_by),
+                seed=seed,
+                fold=fold,
+                extra={"held_out_source": name},
             )
         )
     return folds

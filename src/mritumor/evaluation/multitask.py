@@ -87,10 +87,55 @@ def evaluate_multitask(
         report["calibration"] = classification["calibration"]
         metrics.update(classification["headline"])
         columns.update(classification["columns"])
+    if "source" in table.columns:
+        metrics["per_source"] = per_source_metrics(
+            prediction, labels, table["source"].astype(str).to_numpy(), patients,
+            temperature, n_boot, seed,
+        )  # fmt: skip
     (outdir / runfiles.TEST_METRICS).write_text(json.dumps(metrics, indent=2))
     (outdir / runfiles.TEST_REPORT).write_text(json.dumps(report, indent=2, default=_plain))
     pd.DataFrame(columns).to_csv(outdir / runfiles.PREDICTIONS, index=False)
     return {"metrics": metrics, "report": report}
+
+
+def per_source_metrics(
+    prediction: dict,
+    labels: LabelSpace,
+    sources: np.ndarray,
+    patients: np.ndarray,
+    temperature: float,
+    n_boot: int,
+    seed: int,
+) -> dict:
+    """The headline numbers of each source's test slices apart (intervals over its patients):
+    a model trained on several sources can be good on the sum and poor on one of them."""
+    result = {}
+    for name in sorted(set(sources)):
+        index = np.flatnonzero(sources == name)
+        part = {k: _rows_of(v, index, len(sources)) for k, v in prediction.items()}
+        entry: dict = {"n_slices": int(len(index)), "n_patients": int(len(set(patients[index])))}
+        if part.get("pred_masks") is not None and part["has_mask"].any():
+            entry.update(segmentation_report(part, patients[index], n_boot, seed)["headline"])
+        if part.get("class_logits") is not None:
+            y = np.asarray(part["type_true"])
+            probs = apply_temperature(part["class_logits"], temperature).numpy()
+            if (y >= 0).any():
+                result_ci = classification_report_with_ci(
+                    y, probs, labels.types, n_boot=n_boot, seed=seed, groups=patients[index]
+                )["intervals"]
+                for metric in ("accuracy", "macro_f1", "balanced_accuracy"):
+                    if metric in result_ci:
+                        entry[f"tumor_type_{metric}"] = _ci(result_ci[metric])
+                entry["ece_after_scaling"] = calibration_errors(y, probs)["ece"]
+        result[name] = entry
+    return result
+
+
+def _rows_of(value, index: np.ndarray, n: int):
+    """The rows ``index`` of a per-slice output (array or tensor of length n); else as is."""
+    if value is None or not hasattr(value, "shape") or len(value.shape) == 0:
+        return value
+    return value[index] if value.shape[0] == n else value
 
 
 def segmentation_report(prediction: dict, patients: np.ndarray, n_boot: int, seed: int) -> dict:
@@ -278,6 +323,48 @@ def write_comparison(reports: dict, outdir: str | Path) -> pd.DataFrame:
         )
     (outdir / runfiles.COMPARISON_MD).write_text("\n".join(lines) + "\n")
     return frame
+
+
+def write_loso_summary(reports: dict, outdir: str | Path) -> dict:
+    """``loso_summary.json`` and ``loso.md``: per held-out source, Dice and accuracy with their
+    intervals, patient accuracy, ECE, and (where fitted) set coverage and the share flagged."""
+    rows = {}
+    for source, result in reports.items():
+        metrics, uncertainty = result.get("metrics", {}), result.get("uncertainty") or {}
+        conformal, ood = uncertainty.get("conformal", {}), uncertainty.get("ood", {})
+        rows[source] = {
+            "n_patients": result.get("report", {}).get("n_patients"),
+            "n_slices": result.get("report", {}).get("n_slices"),
+            "dice": metrics.get("dice"),
+            "tumor_type_accuracy": metrics.get("tumor_type_accuracy"),
+            "tumor_type_patient_accuracy": metrics.get("tumor_type_patient_accuracy"),
+            "ece_after_scaling": metrics.get("ece_after_scaling"),
+            "set_coverage": conformal.get("coverage"),
+            "ood_flagged_share": ood.get("flagged_share"),
+        }
+    outdir = Path(outdir)
+    (outdir / "loso_summary.json").write_text(json.dumps(rows, indent=2))
+    lines = [
+        "| held-out source | patients | slices | Dice (95 % CI) | slice accuracy (95 % CI) "
+        "| patient accuracy | ECE | 90 % set coverage | OOD flagged |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for source, row in rows.items():
+        lines.append(
+            f"| {source} | {row['n_patients']} | {row['n_slices']} | {_interval(row['dice'])} "
+            f"| {_interval(row['tumor_type_accuracy'])} "
+            f"| {_interval(row['tumor_type_patient_accuracy'])} | {_number(row['ece_after_scaling'])} "
+            f"| {_number(row['set_coverage'])} | {_number(row['ood_flagged_share'])} |"
+        )
+    (outdir / "loso.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def _interval(value: dict | None) -> str:
+    if not value or value.get("value") is None:
+        return "–"
+    low, high = value.get("low"), value.get("high")
+    return f"{value['value']:.3f}" + (f" ({low:.3f}–{high:.3f})" if low is not None else "")
 
 
 def _cell(row: dict, name: str) -> str:

@@ -103,7 +103,7 @@ def model_card(name: str, loaded: LoadedModel) -> dict:
         },
         "temperature": loaded.temperature,
         "training_data": {
-            "source": Path(str(config["data_root"])).name if config.get("data_root") else None,
+            "source": ", ".join(Path(str(root)).name for root in _roots(config)) or None,
             "format": config.get("format"),
             "patients": {part: len(split.get(part) or []) for part in ("train", "val", "test")},
             "split_strategy": split.get("strategy"),
@@ -226,3 +226,9 @@ def png_data_url(array: np.ndarray) -> str:
     buffer = bytes_io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _roots(config: dict) -> list:
+    """The training data's roots: one, or several for a multi-source run."""
+    roots = config.get("data_root")
+    return [r for r in (roots if isinstance(roots, list) else [roots]) if r]

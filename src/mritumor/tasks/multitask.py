@@ -9,6 +9,7 @@ seed's comparison table.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 from lightning.pytorch.callbacks import EarlyStopping
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from mritumor import runfiles
 from mritumor.checkpoints import (
@@ -33,11 +34,12 @@ from mritumor.data.device_data import DeviceSliceLoader
 from mritumor.data.fast_path import batch_augment, training_data_device, training_transform
 from mritumor.data.labels import LabelSpace
 from mritumor.data.prepare import PreparedData, prepare_data_for
-from mritumor.data.splits import Split
+from mritumor.data.sources import source_balanced_weights
+from mritumor.data.splits import Split, leave_one_source_out
 from mritumor.errors import DataError
 from mritumor.evaluation.calibration import fit_temperature
 from mritumor.evaluation.conformal import check_options
-from mritumor.evaluation.multitask import evaluate_multitask, write_comparison
+from mritumor.evaluation.multitask import evaluate_multitask, write_comparison, write_loso_summary
 from mritumor.evaluation.uncertainty import ood_features, softmax, write_test_uncertainty
 from mritumor.inference.loops import predict_slices  # shared with `mritumor evaluate`
 from mritumor.losses import segmentation_loss
@@ -191,10 +193,14 @@ def slice_loaders(
             else identity
         )
         dataset = SliceDataset(data.cache, rows, labels, transform)
+        weights = source_weights(config, data, rows) if part == "train" else None
         loaders[part] = DataLoader(
             dataset,
             batch_size=config.batch_size,
-            shuffle=part == "train",
+            shuffle=part == "train" and weights is None,
+            sampler=None
+            if weights is None
+            else WeightedRandomSampler(weights.tolist(), len(rows), replacement=True),
             num_workers=workers,
             drop_last=part == "train" and len(dataset) > config.batch_size,
             persistent_workers=workers > 0 and part == "train",
@@ -214,8 +220,18 @@ def slice_loaders(
             augment=batch_augment(config.augment, config.data.image_size),
             device=device,
             seed=None,  # the global generators, re-seeded per epoch by EpochSeeding
+            weights=source_weights(config, data, train.rows),
         )
     return loaders
+
+
+def source_weights(config: MultitaskConfig, data: PreparedData, rows) -> np.ndarray | None:
+    """``--balance source`` (or ``source+weights``): per-row sampling weights that draw every
+    source equally often, whatever its size; None otherwise."""
+    if "source" not in config.balance.split("+"):
+        return None
+    sources = data.cache.catalog.table["source"].to_numpy()[np.asarray(rows, dtype=int)]
+    return source_balanced_weights(sources)
 
 
 def class_weights(dataset: SliceDataset, n_classes: int) -> torch.Tensor:
@@ -288,6 +304,8 @@ def train_multitask(config: MultitaskConfig) -> dict:
             f"{config.data.data_root} has no tumour masks: train-multitask needs masks for segmentation "
             "(use train-hierarchical for classification only)"
         )
+    if config.cv_by == "source":
+        return leave_one_source_out_runs(config, data, outdir)
     labels = LabelSpace.from_table(data.catalog.subset(data.split.train).table)
     if len(labels.types) < 2:
         raise DataError(f"the training patients have one tumour type only ({labels.types})")
@@ -299,6 +317,34 @@ def train_multitask(config: MultitaskConfig) -> dict:
         log.info("variant %s", variant)
         reports[variant] = run_variant(config, data, labels, variant, outdir / variant, stage_one)
     write_comparison(reports, outdir)
+    return reports
+
+
+def leave_one_source_out_runs(config: MultitaskConfig, data: PreparedData, outdir: Path) -> dict:
+    """``--cv_by source``: for every source, train on the others (split by patient within each)
+    and test on all of its patients, in ``OUTDIR/<source>/``; the table of the held-out
+    sources in ``loso_summary.json`` and ``loso.md``."""
+    if config.variant == "all":
+        raise DataError("--cv_by source trains one variant per held-out source: give --variant")
+    if config.data.split_file:
+        raise DataError("--cv_by source makes its own splits; leave out --split_file")
+    folds = leave_one_source_out(
+        data.catalog.table, config.data.val_frac, config.data.effective_split_seed,
+        config.data.group_by,
+    )  # fmt: skip
+    reports = {}
+    for fold in folds:
+        name = fold.extra["held_out_source"]
+        fold_dir = outdir / name
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        fold.save(fold_dir / runfiles.SPLIT)
+        labels = LabelSpace.from_table(data.catalog.subset(fold.train).table)
+        if len(labels.types) < 2:
+            raise DataError(f"without {name} the training patients have one type ({labels.types})")
+        log.info("leave-one-source-out: %s held out (%d test patients)", name, len(fold.test))
+        fold_data = dataclasses.replace(data, split=fold, labels=labels)
+        reports[name] = run_variant(config, fold_data, labels, config.variant, fold_dir)
+    write_loso_summary(reports, outdir)
     return reports
 
 
@@ -324,7 +370,7 @@ def run_variant(
         model = model.to_channels_last()
     weights = (
         class_weights(loaders["train_dataset"], len(labels.types))
-        if config.balance == "weights"
+        if "weights" in config.balance.split("+")
         else None
     )
     stage = "classification" if variant == "C" else "joint"

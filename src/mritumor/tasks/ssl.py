@@ -344,7 +344,11 @@ def _static_metadata(config: PretrainConfig, data: PreparedData, model: SimCLRMo
     return {
         "epochs_requested": config.epochs,
         "data": {
-            "data_root": str(Path(config.data.data_root).resolve()),
+            "data_root": [str(Path(r).resolve()) for r in config.data.data_root]
+            if isinstance(config.data.data_root, list)
+            else str(Path(config.data.data_root).resolve())
+            if config.data.data_root
+            else None,
             "source": data.catalog.source,
             "slices": len(data.catalog),
             "patients": len(data.catalog.patients),
