@@ -6,7 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mritumor.commands.common import add_command, add_conformal_method_flag, flag
+from mritumor.commands.common import (
+    add_command,
+    add_conformal_method_flag,
+    add_mondrian_flag,
+    flag,
+)
 
 DESCRIPTION = """\
 Runs the network of a train-multitask best.pt (variants B-G) over the training and validation
@@ -14,9 +19,10 @@ patients its run recorded (read from --data_root, the data it was trained on) an
 what predict, evaluate and serve use to know when not to answer: the out-of-distribution
 detector (Mahalanobis distances of each encoder resolution's feature statistics to the
 training classes, threshold keeping 95 % of the validation patients) and the split-conformal
-prediction sets (--coverage, --conformal_method). Use it for a checkpoint written before
-feature statistics (its detector scored the classification embedding) or for another coverage
-or set score. The network,
+prediction sets (--coverage, --conformal_method, --conformal_mondrian). Use it for a
+checkpoint written before feature statistics (its detector scored the classification
+embedding), for another coverage or set score, or for class-conditional (Mondrian) sets with
+one threshold per class. The network,
 temperature and split are copied unchanged; the original file is kept."""
 
 
@@ -43,6 +49,7 @@ def register(subcommands) -> None:
         help="coverage of the prediction sets (default: the checkpoint's, else 0.9)",
     )
     add_conformal_method_flag(parser, default=None)  # None: the checkpoint's, else lac
+    add_mondrian_flag(parser, " (without it the checkpoint's own choice is kept)")
     flag(parser, "--batch_size", type=int, default=16, help="slices per forward pass")
     flag(parser, "--cache_dir", default=None, help="preprocessed-slice cache folder")
     parser.set_defaults(handler=run)
@@ -56,12 +63,14 @@ def run(args: argparse.Namespace) -> None:
     state = refit_uncertainty(
         source, args.data_root, output, args.coverage, args.batch_size, args.cache_dir,
         progress=not getattr(args, "quiet", False), method=args.conformal_method,
+        mondrian=True if getattr(args, "conformal_mondrian", False) else None,  # None: keep
     )  # fmt: skip
     print(f"wrote {output}")
     print(
         f"  OOD threshold {state['ood']['threshold']:.3f} (keeps "
         f"{100 * state['ood']['keep']:.0f} % of validation slices), "
         f"{len(state['ood']['precision'])} feature block(s); "
-        f"{state['conformal']['method']} sets for {100 * state['conformal']['coverage']:.0f} % "
-        "coverage"
+        f"{state['conformal']['method']}"
+        f"{' Mondrian (per-class)' if state['conformal'].get('mondrian') else ''} sets for "
+        f"{100 * state['conformal']['coverage']:.0f} % coverage"
     )

@@ -13,6 +13,14 @@ Scores (both deterministic, so the same input always gets the same set):
   2020, without the random tie-breaking): larger sets that adapt to how spread the
   probabilities are.
 
+Mondrian (class-conditional) sets (Vovk 2012; Angelopoulos & Bates 2021 §4): the guarantee
+above is *marginal*, an average over classes, so an easy class can hide a hard one (on real data
+0.934 overall hid meningioma at 0.852). With one threshold per class k, computed by the same rule
+from the calibration units whose true class is k, a new unit of class k has its true class in
+the set with probability ≥ 1 − α for every k. The price: each class needs n_k ≥ 1/α − 1
+calibration units (else its threshold is ``inf`` and it is in every set), and sets grow for
+the hard classes.
+
 The predicted class (arg-max) is always in the set, so a set is never empty. Written here
 rather than through MAPIE/TorchCP because those calibrate an estimator over rows, while the
 units here are patients whose probabilities come from a model trained elsewhere; the core is
@@ -65,6 +73,17 @@ def calibration_scores(probs: np.ndarray, labels: ArrayLike, method: str = "lac"
     return np.sort(class_scores(probs, method)[np.arange(len(truth)), truth])
 
 
+def calibration_scores_by_class(
+    probs: np.ndarray, labels: ArrayLike, method: str = "lac"
+) -> list[np.ndarray]:
+    """Mondrian calibration: for every class k (one per column of ``probs``), the sorted scores
+    of class k of the calibration units whose true class is k (possibly empty)."""
+    probs = np.asarray(probs, dtype=float)
+    truth = np.asarray(labels, dtype=int)
+    mine = [truth == k for k in range(probs.shape[1])]
+    return [calibration_scores(probs[rows], truth[rows], method) for rows in mine]
+
+
 def threshold_from_scores(scores: np.ndarray, coverage: float = 0.9) -> float:
     """The ⌈(n + 1)·coverage⌉-th smallest calibration score; ``inf`` (every class) when there
     are too few units for the requested coverage (n < 1/α − 1)."""
@@ -76,6 +95,21 @@ def threshold_from_scores(scores: np.ndarray, coverage: float = 0.9) -> float:
     return math.inf if n == 0 or rank > n else float(scores[rank - 1])
 
 
+def min_calibration_units(coverage: float) -> int:
+    """The fewest calibration units (of a class, for Mondrian sets) whose threshold for
+    ``coverage`` is finite: the rule of :func:`threshold_from_scores`, so 9 for 0.9."""
+    n = 1
+    while math.ceil((n + 1) * coverage) > n:
+        n += 1
+    return n
+
+
+def class_thresholds(scores_by_class: Sequence[ArrayLike], coverage: float = 0.9) -> np.ndarray:
+    """(K,) Mondrian thresholds: :func:`threshold_from_scores` of each class's own calibration
+    scores (``inf`` for a class with too few units, so it is in every set)."""
+    return np.array([threshold_from_scores(np.asarray(s), coverage) for s in scores_by_class])
+
+
 def conformal_threshold(
     probs: np.ndarray, labels: ArrayLike, coverage: float = 0.9, method: str = "lac"
 ) -> float:
@@ -83,10 +117,17 @@ def conformal_threshold(
     return threshold_from_scores(calibration_scores(probs, labels, method), coverage)
 
 
-def prediction_sets(probs: np.ndarray, threshold: float, method: str = "lac") -> np.ndarray:
-    """(N, K) boolean membership: classes whose score ≤ threshold, plus the arg-max."""
+def prediction_sets(
+    probs: np.ndarray, threshold: float | ArrayLike, method: str = "lac"
+) -> np.ndarray:
+    """(N, K) boolean membership: classes whose score ≤ threshold, plus the arg-max.
+    ``threshold``: one number (marginal) or K, one per class (Mondrian: class k is compared with
+    its own threshold, :func:`class_thresholds`)."""
     probs = np.asarray(probs, dtype=float)
-    members = class_scores(probs, method) <= threshold + 1e-12
+    limit = np.asarray(threshold, dtype=float)
+    if limit.ndim and limit.shape != (probs.shape[1],):
+        raise ValueError(f"thresholds of shape {limit.shape} for {probs.shape[1]} classes")
+    members = class_scores(probs, method) <= limit + 1e-12  # (K,) broadcasts along the rows
     members[np.arange(len(probs)), probs.argmax(axis=1)] = True
     return members
 

@@ -6,7 +6,9 @@ Fitted at the end of training (:func:`fit_uncertainty`):
 * an :class:`~mritumor.evaluation.ood.OODDetector` on the *training* units' embeddings, its
   threshold set on the *validation* units (95 % of them in distribution);
 * split-conformal thresholds (:mod:`mritumor.evaluation.conformal`) on the validation units'
-  calibrated probabilities, for ``coverage`` (0.9 by default).
+  calibrated probabilities, for ``coverage`` (0.9 by default); with ``mondrian`` one threshold
+  per class (``conformal["mondrian"]`` and the per-class sorted scores ``class_scores``; states
+  without the key are marginal, one threshold).
 
 A unit is what the model predicts: a patient for the two-step classifier, a slice for the
 multi-task model; for the latter a patient-level threshold is also fitted on the validation
@@ -16,13 +18,17 @@ The state is plain tensors and numbers (``best.pt`` stays loadable with ``weight
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from mritumor import runfiles
 from mritumor.evaluation.conformal import (
     calibration_scores,
+    calibration_scores_by_class,
+    class_thresholds,
+    min_calibration_units,
     prediction_sets,
     set_metrics,
     threshold_from_scores,
@@ -33,6 +39,8 @@ from mritumor.evaluation.selective import risk_coverage
 # 2: the OOD state holds per-block lists, the scored output's name and the validation loc/scale
 # (version 1: one embedding block, tensors); both load (OODDetector.from_state)
 UNCERTAINTY_VERSION = 2
+
+log = logging.getLogger(__name__)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -49,6 +57,35 @@ def by_patient(values: np.ndarray, groups: Sequence[str], reduce) -> tuple[list[
     return order, np.stack([reduce(values[ids == g], axis=0) for g in order])
 
 
+def mondrian_scores(
+    probs: np.ndarray, labels: np.ndarray, method: str, coverage: float, what: str = "units"
+) -> list:
+    """The per-class sorted calibration scores a Mondrian state stores (a list of 1-D tensors,
+    one per class, loadable with ``weights_only=True``); warns about the classes with too few
+    calibration units for ``coverage``, which are then in every set."""
+    import torch
+
+    by_class = calibration_scores_by_class(probs, labels, method)
+    short = [k for k, t in enumerate(class_thresholds(by_class, coverage)) if np.isinf(t)]
+    if short:
+        log.warning(
+            "Mondrian sets: class(es) %s have fewer than the %d validation %s needed for %.0f %% "
+            "coverage; they are in every set",
+            short, min_calibration_units(coverage), what, 100 * coverage,
+        )  # fmt: skip
+    return [torch.as_tensor(scores) for scores in by_class]
+
+
+def stored_thresholds(
+    part: Mapping, coverage: float, mondrian: bool, prefix: str = ""
+) -> float | np.ndarray:
+    """The threshold(s) of one stored conformal part for ``coverage``: one number from
+    ``<prefix>scores`` or, Mondrian, one per class from ``<prefix>class_scores``."""
+    if mondrian:
+        return class_thresholds([np.asarray(s) for s in part[f"{prefix}class_scores"]], coverage)
+    return threshold_from_scores(np.asarray(part[f"{prefix}scores"]), coverage)
+
+
 def fit_uncertainty(
     train_features: np.ndarray,
     train_labels: np.ndarray,
@@ -61,10 +98,12 @@ def fit_uncertainty(
     keep: float = 0.95,
     blocks: list[int] | None = None,
     feature_name: str = "class_embedding",
+    mondrian: bool = False,
 ) -> dict:
     """The state stored in ``best.pt`` under ``"uncertainty"``. ``val_groups`` (patient ids of
     slice-level units) adds the patient-level thresholds; ``blocks``/``feature_name``: see
-    :meth:`~mritumor.evaluation.ood.OODDetector.fit`."""
+    :meth:`~mritumor.evaluation.ood.OODDetector.fit`; ``mondrian``: also the per-class scores,
+    and the sets use one threshold per class (unit and patient level)."""
     import torch  # the fitted state goes into best.pt as tensors; applying it needs no torch
 
     detector = OODDetector.fit(train_features, train_labels, blocks=blocks, feature_name=feature_name)  # fmt: skip
@@ -78,8 +117,13 @@ def fit_uncertainty(
             "method": method,
             "coverage": coverage,
             "scores": torch.as_tensor(calibration_scores(val_probs, val_labels, method)),
+            "mondrian": bool(mondrian),
         },
     }
+    if mondrian:  # the marginal scores stay too (what an older reader of the state expects)
+        state["conformal"]["class_scores"] = mondrian_scores(
+            val_probs, val_labels, method, coverage
+        )
     if val_groups is not None:
         _, patient_probs = by_patient(np.asarray(val_probs), val_groups, np.mean)
         _, patient_scores = by_patient(val_scores, val_groups, np.median)
@@ -94,6 +138,10 @@ def fit_uncertainty(
                 calibration_scores(patient_probs, patient_labels, method)
             ),
         }
+        if mondrian:
+            state["patient"]["conformal_class_scores"] = mondrian_scores(
+                patient_probs, patient_labels, method, coverage, "patients"
+            )
     return state
 
 
@@ -104,12 +152,17 @@ def ood_features(state: dict | None, outputs: dict):
     return outputs.get(name)
 
 
-def set_threshold(state: dict, coverage: float | None = None, level: str = "unit") -> float:
+def set_threshold(
+    state: dict, coverage: float | None = None, level: str = "unit"
+) -> float | np.ndarray:
     """The conformal threshold for ``coverage`` (default: the one fitted for) at the unit or
-    the patient level."""
+    the patient level: one number, or one per class (a (K,) array) for a Mondrian state."""
     conformal = state["conformal"]
-    scores = conformal["scores"] if level == "unit" else state["patient"]["conformal_scores"]
-    return threshold_from_scores(np.asarray(scores), coverage or conformal["coverage"])
+    coverage = coverage or conformal["coverage"]
+    mondrian = bool(conformal.get("mondrian", False))  # absent: written before Mondrian sets
+    if level == "unit":
+        return stored_thresholds(conformal, coverage, mondrian)
+    return stored_thresholds(state["patient"], coverage, mondrian, prefix="conformal_")
 
 
 def apply_uncertainty(
@@ -147,6 +200,7 @@ def uncertainty_report(
         "conformal": {
             "method": conformal["method"],
             "nominal_coverage": conformal["coverage"],
+            "mondrian": bool(conformal.get("mondrian", False)),
             **set_metrics(applied["sets"], labels, class_names),
         },
         "selective": curve,
@@ -162,9 +216,11 @@ def uncertainty_report(
 
 
 def grade_sets(state: dict, grade_probs: np.ndarray, coverage: float | None = None) -> np.ndarray:
-    """End-to-end grade sets (from the normalised P(g)) with the stored grade scores."""
+    """End-to-end grade sets (from the normalised P(g)) with the stored grade scores (one
+    threshold per grade when the state is Mondrian)."""
     grade = state["grade_conformal"]
-    threshold = threshold_from_scores(np.asarray(grade["scores"]), coverage or grade["coverage"])
+    mondrian = bool(grade.get("mondrian", False))
+    threshold = stored_thresholds(grade, coverage or grade["coverage"], mondrian)
     return prediction_sets(grade_probs, threshold, grade["method"])
 
 
@@ -175,6 +231,7 @@ def grade_set_report(
     return {
         "method": grade["method"],
         "nominal_coverage": grade["coverage"],
+        "mondrian": bool(grade.get("mondrian", False)),
         **set_metrics(grade_sets(state, grade_probs), grade_true, grade_names),
     }
 

@@ -15,11 +15,19 @@ log = logging.getLogger(__name__)
 
 
 def slice_uncertainty(
-    model, train_loader, val_loader, patient_ids, temperature, coverage, method="lac"
+    model,
+    train_loader,
+    val_loader,
+    patient_ids,
+    temperature,
+    coverage,
+    method="lac",
+    mondrian=False,
 ) -> dict:
     """The uncertainty state of a multi-task network from un-augmented loaders of its training
     and validation slices (``patient_ids``: the patient of every cache row; ``method``: the
-    conformal score, :data:`mritumor.evaluation.conformal.METHODS`)."""
+    conformal score, :data:`mritumor.evaluation.conformal.METHODS`; ``mondrian``: one set
+    threshold per class, slice and patient level)."""
     from mritumor.evaluation.uncertainty import fit_uncertainty, softmax
     from mritumor.inference.loops import predict_slices
 
@@ -36,6 +44,7 @@ def slice_uncertainty(
         method=method,
         blocks=model.ood_blocks,
         feature_name="ood_features",
+        mondrian=mondrian,
     )
 
 
@@ -48,11 +57,13 @@ def refit_uncertainty(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     method: str | None = None,
+    mondrian: bool | None = None,
 ) -> dict:
     """``checkpoint`` with its uncertainty state fitted again on the training and validation
     patients its run recorded (read from ``data_root``), written to ``output``; the network,
     temperature and everything else unchanged. ``coverage`` and ``method`` (the conformal
-    score) default to the checkpoint's. Returns the new state."""
+    score) default to the checkpoint's, and so does ``mondrian`` (None: Mondrian sets again if
+    the checkpoint had them; True/False: per-class or marginal sets). Returns the new state."""
     from torch.utils.data import DataLoader
 
     from mritumor.checkpoints import save_checkpoint
@@ -105,6 +116,7 @@ def refit_uncertainty(
         loaded.model, loaders["train"], loaders["val"], cache.catalog.table["patient_id"].to_numpy(), loaded.temperature,
         coverage if coverage is not None else fitted.get("coverage", 0.9),
         method or fitted.get("method", "lac"),
+        mondrian=bool(fitted.get("mondrian", False)) if mondrian is None else mondrian,
     )  # fmt: skip
     payload = {k: v for k, v in loaded.checkpoint.items() if k != "format"}
     payload["uncertainty"] = state

@@ -20,7 +20,8 @@ def uncertainty_part(folder: Folder) -> str:
         if isinstance(sets, Mapping):
             rows.append(
                 (
-                    f"{label}: {sets.get('method')} sets, nominal {fmt(sets.get('nominal_coverage'))}",
+                    f"{label}: {sets.get('method')}{' Mondrian (per-class)' if sets.get('mondrian') else ''} "
+                    f"sets, nominal {fmt(sets.get('nominal_coverage'))}",
                     fmt(sets.get("coverage")),
                     fmt(sets.get("mean_set_size")),
                     fmt(sets.get("singleton_share")),

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from mritumor.config import HierarchicalConfig, MultitaskConfig
 from mritumor.data.datasets import PatientBagDataset, SliceDataset, collate_bags, identity
 from mritumor.evaluation.conformal import calibration_scores
-from mritumor.evaluation.uncertainty import fit_uncertainty
+from mritumor.evaluation.uncertainty import fit_uncertainty, mondrian_scores
 from mritumor.inference.loops import predict_bags
 from mritumor.inference.refit import slice_uncertainty
 from mritumor.models.hierarchical import TwoStepClassifier, hierarchical_probabilities
@@ -24,7 +24,8 @@ def fit_slice_uncertainty(
 ) -> dict:
     """OOD detector on the training slices' feature statistics (un-augmented), its threshold
     and the conformal scores on the validation slices and patients
-    (:func:`mritumor.inference.refit.slice_uncertainty`)."""
+    (:func:`mritumor.inference.refit.slice_uncertainty`), per class with
+    ``--conformal_mondrian``."""
     train_rows = loaders["train_dataset"].rows
     plain = SliceDataset(data.cache, train_rows, loaders["train_dataset"].labels, identity)
     return slice_uncertainty(
@@ -35,6 +36,7 @@ def fit_slice_uncertainty(
         temperature,
         config.coverage,
         config.conformal_method,
+        mondrian=getattr(config, "conformal_mondrian", False),  # a config from before the flag
     )
 
 
@@ -43,7 +45,9 @@ def fit_patient_uncertainty(
 ) -> dict:
     """OOD detector on the training patients' pooled embeddings (evaluation bags, no
     augmentation), threshold and conformal scores of tumour type on the validation patients,
-    and conformal scores of the end-to-end grade where grades are known."""
+    and conformal scores of the end-to-end grade where grades are known (both per class with
+    ``--conformal_mondrian``)."""
+    mondrian = getattr(config, "conformal_mondrian", False)  # a config from before the flag
     source = loaders["train_dataset"]
     plain = PatientBagDataset(
         source.cache,
@@ -72,17 +76,19 @@ def fit_patient_uncertainty(
         coverage=config.coverage,
         method=config.conformal_method,
         feature_name="patient_embedding",  # what it scores (the name is informational here)
+        mondrian=mondrian,
     )
     if (val["grade_true"] >= 0).any():
+        method = state["conformal"]["method"]
+        grade_probs = val_probs["grade_e2e_normalised"]
         state["grade_conformal"] = {
-            "method": state["conformal"]["method"],
+            "method": method,
             "coverage": config.coverage,
-            "scores": torch.as_tensor(
-                calibration_scores(
-                    val_probs["grade_e2e_normalised"],
-                    val["grade_true"],
-                    state["conformal"]["method"],
-                )
-            ),
+            "scores": torch.as_tensor(calibration_scores(grade_probs, val["grade_true"], method)),
+            "mondrian": bool(mondrian),
         }
+        if mondrian:
+            state["grade_conformal"]["class_scores"] = mondrian_scores(
+                grade_probs, val["grade_true"], method, config.coverage, "patients (grade)"
+            )
     return state
