@@ -508,6 +508,11 @@ def test_real_runs_report_matches_their_files(real_runs, tmp_path, capsys):
             if isinstance(value, dict) and "value" in value:
                 assert metric_cell(name, expected_interval(value)) in part, name
                 checked += 1
+            elif name == "per_source":
+                for source, entry in value.items():
+                    for sub, number in entry.items():
+                        cell = expected_interval(number) if isinstance(number, dict) else expected(number)  # fmt: skip
+                        assert metric_cell(f"source {source} · {sub}", cell) in part
             elif isinstance(value, dict):
                 for sub, entry in value.items():
                     assert metric_cell(f"{name} · {sub}", expected_interval(entry)) in part

@@ -16,7 +16,9 @@ def metric_rows(metrics: Mapping) -> tuple[list[tuple[str, str]], list[str]]:
     """(metric, 'value (low–high)') rows of a test_metrics.json, and its text entries."""
     rows, texts = [], []
     for key, value in metrics.items():
-        if is_interval(value):
+        if key == "per_source" and isinstance(value, Mapping):
+            rows.extend(source_rows(value))
+        elif is_interval(value):
             rows.append((key, fmt_interval(value)))
         elif isinstance(value, Mapping) and value and all(is_interval(v) for v in value.values()):
             rows.extend((f"{key} · {sub}", fmt_interval(v)) for sub, v in value.items())
@@ -27,6 +29,18 @@ def metric_rows(metrics: Mapping) -> tuple[list[tuple[str, str]], list[str]]:
         elif value is None:
             rows.append((key, DASH))
     return rows, texts
+
+
+def source_rows(per_source: Mapping) -> list[tuple[str, str]]:
+    """('source NAME · metric', value) rows of a multi-source run's per-source metrics."""
+    rows = []
+    for source, entry in per_source.items():
+        for name, value in (entry if isinstance(entry, Mapping) else {}).items():
+            if is_interval(value):
+                rows.append((f"source {source} · {name}", fmt_interval(value)))
+            elif is_number(value):
+                rows.append((f"source {source} · {name}", fmt(value)))
+    return rows
 
 
 def metrics_part(folder: Folder, children: list[Folder], level: int) -> str:
