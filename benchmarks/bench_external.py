@@ -51,7 +51,9 @@ HEADLINE_SEQUENCE = "T1C+"
 HEADLINE_TYPES = ("glioma", "meningioma")
 
 
-def score_images(checkpoint: str | Path, data_root: str | Path, exclude=None, batch_size=32) -> dict:
+def score_images(
+    checkpoint: str | Path, data_root: str | Path, exclude=None, batch_size=32
+) -> dict:
     """Per image: source row fields, the calibrated probabilities, the prediction, OOD score
     and flag, and the conformal set (boolean membership over the model's types)."""
     loaded = load_model(checkpoint)
@@ -68,9 +70,7 @@ def score_images(checkpoint: str | Path, data_root: str | Path, exclude=None, ba
     probs = softmax(outputs["class_logits"].numpy(), loaded.temperature)
     table = cache.catalog.table.iloc[outputs["rows"]].reset_index(drop=True)
     state = loaded.uncertainty
-    applied = (
-        apply_uncertainty(state, ood_features(state, outputs), probs) if state else None
-    )
+    applied = apply_uncertainty(state, ood_features(state, outputs), probs) if state else None
     types = list(loaded.labels.types)
     return {
         "table": table,

@@ -16,10 +16,10 @@ from torch.utils.data import WeightedRandomSampler
 
 from conftest import blob_slice, write_png
 from mritumor.cli import build_parser
+from mritumor.config import DataConfig
 from mritumor.data.cache import Preprocessing, SliceCache, infer_channels, preprocess_image
 from mritumor.data.device_data import DeviceSliceLoader
 from mritumor.data.labels import LabelSpace
-from mritumor.config import DataConfig
 from mritumor.data.prepare import prepare_data, prepare_data_for, read_data
 from mritumor.data.sources import read_sources_file, source_balanced_weights
 from mritumor.data.splits import leave_one_source_out, make_split
@@ -159,6 +159,7 @@ def test_leave_one_source_out_tests_each_source_whole(two_sources):
 
 def test_split_seed_keeps_the_patients_while_the_training_seed_changes(two_sources):
     big, _ = two_sources
+
     def split(seed: int, split_seed: int | None = None):
         config = DataConfig(data_root=str(big), image_size=16, seed=seed, split_seed=split_seed)
         return prepare_data_for(config, progress=False).split
@@ -189,5 +190,7 @@ def test_per_source_metrics_match_sklearn_on_each_source(tmp_path: Path, two_sou
     for name in ("big", "small"):
         mine = sources == name
         expected = accuracy_score(truth[mine], guess[mine])
-        assert metrics["per_source"][name]["tumor_type_accuracy"]["value"] == pytest.approx(expected)
+        assert metrics["per_source"][name]["tumor_type_accuracy"]["value"] == pytest.approx(
+            expected
+        )
         assert metrics["per_source"][name]["n_slices"] == int(mine.sum())
