@@ -9,9 +9,11 @@ from pathlib import Path
 from mritumor.commands.common import (
     add_command,
     add_conformal_method_flag,
+    add_data_flags,
     add_mondrian_flag,
     flag,
 )
+from mritumor.errors import MritumorError
 
 DESCRIPTION = """\
 Runs the network of a train-multitask best.pt (variants B-G) over the training and validation
@@ -34,7 +36,16 @@ def register(subcommands) -> None:
         DESCRIPTION,
     )
     flag(parser, "--checkpoint", required=True, help="best.pt of train-multitask")
-    flag(parser, "--data_root", required=True, help="the data the checkpoint was trained on")
+    add_data_flags(parser, several=True)  # the data the checkpoint was trained on
+    flag(
+        parser,
+        "--ood_blocks",
+        default=None,
+        help="which encoder resolutions the OOD score sums, 0-based from the shallowest, e.g. "
+        "'2,3,4' (shallow ones see intensity and texture, which differ by scanner; deep ones "
+        "see content), or 'all'; default: the checkpoint's own choice, else all. Choose on "
+        "validation and development images (benchmarks/ood_blocks.py), never on a test split",
+    )
     flag(
         parser,
         "--output",
@@ -64,13 +75,32 @@ def run(args: argparse.Namespace) -> None:
         source, args.data_root, output, args.coverage, args.batch_size, args.cache_dir,
         progress=not getattr(args, "quiet", False), method=args.conformal_method,
         mondrian=True if getattr(args, "conformal_mondrian", False) else None,  # None: keep
+        used_blocks=parse_blocks(args.ood_blocks), source_name=args.source_name,
+        sources=args.sources, format=args.format,
     )  # fmt: skip
     print(f"wrote {output}")
     print(
         f"  OOD threshold {state['ood']['threshold']:.3f} (keeps "
         f"{100 * state['ood']['keep']:.0f} % of validation slices), "
-        f"{len(state['ood']['precision'])} feature block(s); "
-        f"{state['conformal']['method']}"
+        f"{len(state['ood']['precision'])} feature block(s)"
+        + (
+            f", summing {state['ood']['used_blocks']}; "
+            if state["ood"].get("used_blocks")
+            else "; "
+        )
+        + f"{state['conformal']['method']}"
         f"{' Mondrian (per-class)' if state['conformal'].get('mondrian') else ''} sets for "
         f"{100 * state['conformal']['coverage']:.0f} % coverage"
     )
+
+
+def parse_blocks(text: str | None) -> list[int] | str | None:
+    """'2,3,4' → [2, 3, 4]; 'all' and None pass through (all blocks; the checkpoint's)."""
+    if text is None or text == "all":
+        return text
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise MritumorError(
+            f"--ood_blocks takes numbers such as 2,3,4 or 'all', not {text!r}"
+        ) from error

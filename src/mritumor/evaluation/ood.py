@@ -56,6 +56,10 @@ class OODDetector:
     features: str = "class_embedding"  # the network output the detector scores
     loc: np.ndarray | None = None  # per block: validation mean of the distances
     scale: np.ndarray | None = None  # per block: validation sd of the distances
+    # the blocks whose standardised distances are summed (None: all). Shallow resolutions see
+    # intensity and texture, which differ by scanner; a detector meant to pass other sites'
+    # scans of the same sequence may leave them out (chosen on validation and development data)
+    used: list[int] | None = None
 
     @classmethod
     def fit(
@@ -131,7 +135,18 @@ class OODDetector:
         distances = self._distances(features)
         if self.loc is not None:
             distances = (distances - self.loc) / self.scale
+        if self.used is not None:
+            distances = distances[:, self.used]
         return distances.sum(axis=1)
+
+    def use_blocks(self, blocks: list[int] | None) -> None:
+        """Sum only these blocks (0-based, shallow to deep; None: all); set before
+        :meth:`calibrate`, whose threshold is on the sum."""
+        if blocks is not None:
+            blocks = sorted({int(b) for b in blocks})
+            if not blocks or blocks[0] < 0 or blocks[-1] >= len(self.precision):
+                raise ValueError(f"OOD blocks {blocks}: choose among 0..{len(self.precision) - 1}")
+        self.used = blocks
 
     def calibrate(self, scores: np.ndarray, keep: float = 0.95) -> float:
         """The threshold that keeps the share ``keep`` of these (validation) scores in
@@ -163,6 +178,8 @@ class OODDetector:
             state["precision"] = [tensor(p, torch.float32) for p in self.precision]
         if self.loc is not None:
             state["loc"], state["scale"] = tensor(self.loc), tensor(self.scale)
+        if self.used is not None:
+            state["used_blocks"] = list(self.used)
         return state
 
     @classmethod
@@ -184,6 +201,7 @@ class OODDetector:
             state.get("features", "class_embedding"),
             None if loc is None else np.asarray(loc, dtype=np.float64),
             None if loc is None else np.asarray(state["scale"], dtype=np.float64),
+            None if state.get("used_blocks") is None else [int(b) for b in state["used_blocks"]],
         )
 
 

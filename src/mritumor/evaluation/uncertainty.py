@@ -99,6 +99,7 @@ def fit_uncertainty(
     blocks: list[int] | None = None,
     feature_name: str = "class_embedding",
     mondrian: bool = False,
+    used_blocks: list[int] | None = None,
 ) -> dict:
     """The state stored in ``best.pt`` under ``"uncertainty"``. ``val_groups`` (patient ids of
     slice-level units) adds the patient-level thresholds; ``blocks``/``feature_name``: see
@@ -108,6 +109,7 @@ def fit_uncertainty(
 
     detector = OODDetector.fit(train_features, train_labels, blocks=blocks, feature_name=feature_name)  # fmt: skip
     detector.standardise(val_features)
+    detector.use_blocks(used_blocks)  # which blocks the score sums (None: all)
     val_scores = detector.score(val_features)
     detector.calibrate(val_scores, keep)
     state = {

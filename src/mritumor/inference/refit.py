@@ -23,6 +23,7 @@ def slice_uncertainty(
     coverage,
     method="lac",
     mondrian=False,
+    used_blocks=None,
 ) -> dict:
     """The uncertainty state of a multi-task network from un-augmented loaders of its training
     and validation slices (``patient_ids``: the patient of every cache row; ``method``: the
@@ -45,6 +46,7 @@ def slice_uncertainty(
         blocks=model.ood_blocks,
         feature_name="ood_features",
         mondrian=mondrian,
+        used_blocks=used_blocks,
     )
 
 
@@ -58,18 +60,25 @@ def refit_uncertainty(
     progress: bool = True,
     method: str | None = None,
     mondrian: bool | None = None,
+    used_blocks: list[int] | str | None = None,
+    source_name=None,
+    sources: str | Path | None = None,
+    format: str | None = None,
 ) -> dict:
     """``checkpoint`` with its uncertainty state fitted again on the training and validation
     patients its run recorded (read from ``data_root``), written to ``output``; the network,
     temperature and everything else unchanged. ``coverage`` and ``method`` (the conformal
     score) default to the checkpoint's, and so does ``mondrian`` (None: Mondrian sets again if
-    the checkpoint had them; True/False: per-class or marginal sets). Returns the new state."""
+    the checkpoint had them; True/False: per-class or marginal sets), and so do
+    ``used_blocks`` (the OOD detector's summed blocks; "all" for every one). ``data_root`` may be
+    several roots (with ``source_name``) or ``sources`` a sources file, as the run was trained.
+    Returns the new state."""
     from torch.utils.data import DataLoader
 
     from mritumor.checkpoints import save_checkpoint
     from mritumor.data.cache import SliceCache
     from mritumor.data.datasets import SliceDataset, rows_of_patients
-    from mritumor.data.readers import read_catalog
+    from mritumor.data.prepare import read_data
     from mritumor.models.loading import load_model
 
     if Path(output).resolve() == Path(checkpoint).resolve():  # resolve: links and ../ too
@@ -86,7 +95,7 @@ def refit_uncertainty(
             f"(variants B–G); this one is {loaded.task} {loaded.variant or ''}".rstrip()
         )
     split = loaded.checkpoint.get("split") or {}
-    catalog = read_catalog(data_root)
+    catalog = read_data(data_root, format, source_name=source_name, sources=sources)
     known = set(catalog.patients)
     parts = {name: [p for p in split.get(name) or [] if p in known] for name in ("train", "val")}
     for name, patients in parts.items():
@@ -112,11 +121,16 @@ def refit_uncertainty(
         for name, patients in parts.items()
     }
     fitted = (loaded.checkpoint.get("uncertainty") or {}).get("conformal", {})
+    if used_blocks is None:
+        used_blocks = ((loaded.checkpoint.get("uncertainty") or {}).get("ood") or {}).get("used_blocks")  # fmt: skip
+    elif used_blocks == "all":
+        used_blocks = None
     state = slice_uncertainty(
         loaded.model, loaders["train"], loaders["val"], cache.catalog.table["patient_id"].to_numpy(), loaded.temperature,
         coverage if coverage is not None else fitted.get("coverage", 0.9),
         method or fitted.get("method", "lac"),
         mondrian=bool(fitted.get("mondrian", False)) if mondrian is None else mondrian,
+        used_blocks=None if used_blocks is None else list(used_blocks),
     )  # fmt: skip
     payload = {k: v for k, v in loaded.checkpoint.items() if k != "format"}
     payload["uncertainty"] = state
