@@ -98,6 +98,26 @@ def test_multitask_patient_score_is_the_median_of_its_slices_feature_scores(
     assert record["in_distribution"] == (record["ood_score"] <= record["ood_threshold"])
 
 
+def test_a_single_image_is_judged_against_the_slice_level_threshold(
+    multitask_checkpoint, trained_data, capsys
+):
+    """One image is one slice: its score and set use the slice-level threshold and scores,
+    not the patient-level ones fitted on medians of several slices."""
+    checkpoint = load_checkpoint(multitask_checkpoint)
+    state = checkpoint["uncertainty"]
+    assert state["patient"]["ood_threshold"] != pytest.approx(float(state["ood"]["threshold"]))
+    image = sorted(next(trained_data.glob("meningioma-g1/*")).glob("*.png"))[0]
+    (record,) = predict_json(
+        capsys, "--checkpoint", str(multitask_checkpoint), "--input", str(image), "--engine", "torch"
+    )["patients"]  # fmt: skip
+    assert record["ood_threshold"] == pytest.approx(float(state["ood"]["threshold"]))
+    probs = np.array([record["type_probabilities"][t] for t in checkpoint["labels"]["types"]])
+    members = 1 - probs <= set_threshold(state) + 1e-12
+    members[probs.argmax()] = True
+    expected = [t for t, m in zip(checkpoint["labels"]["types"], members, strict=True) if m]
+    assert record["type_prediction_set"] == expected
+
+
 def test_a_non_brain_texture_is_flagged_and_abstained_on(multitask_checkpoint, texture, capsys):
     argv = ["--checkpoint", str(multitask_checkpoint), "--input", str(texture), "--engine", "torch"]
     (record,) = predict_json(capsys, *argv)["patients"]

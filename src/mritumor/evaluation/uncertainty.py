@@ -259,7 +259,10 @@ def patient_answer(
         }
     detector = OODDetector.from_state(state["ood"])
     scores = detector.score(np.asarray(features, dtype=np.float64))
-    if slice_level and "patient" in state:
+    # A one-image input is a slice, not a patient: the patient-level threshold (fitted on the
+    # medians of validation patients' slices, a narrower distribution) would flag single
+    # images from the very source the model was trained on; it gets the slice-level ones.
+    if slice_level and "patient" in state and len(scores) > 1:
         score, threshold = float(np.median(scores)), float(state["patient"]["ood_threshold"])
         row = np.asarray(probs).mean(axis=0, keepdims=True)
         level = "patient"
