@@ -11,6 +11,7 @@ import sys
 
 from mritumor import __version__
 from mritumor.commands import (
+    adapt,
     common,
     compare,
     data,
@@ -38,6 +39,7 @@ COMMAND_MODULES = [
     predict,
     export,
     fit_uncertainty,
+    adapt,
     explain,
     compare,
     report,

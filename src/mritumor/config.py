@@ -241,6 +241,35 @@ class MultitaskConfig(FlagConfig):
     recipe: str | None = None
 
 
+@dataclass
+class AdaptConfig(FlagConfig):
+    """The flags of ``mritumor adapt`` (:mod:`mritumor.commands.adapt`), by name."""
+
+    checkpoint: str = ""
+    site_root: str = ""
+    outdir: str = ""
+    format: str | None = None
+    strict: bool = False
+    unlabelled: str = "adabn"
+    tent_steps: int = 10
+    lr: float = 1e-3
+    labelled_per_class: int = 0
+    holdout_share: float = 0.4
+    finetune: str | None = None  # None: head when labelled_per_class > 0, else none
+    epochs: int = 30
+    patience: int = 5
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    seed: int = 0
+    coverage: float | None = None  # None: the checkpoint's
+    conformal_method: str | None = None
+    conformal_mondrian: bool = False
+    no_refit_uncertainty: bool = False
+    cache_dir: str | None = None
+    device: str = "auto"
+    quiet: bool = False
+
+
 def save_resolved_config(config: FlagConfig | Mapping[str, Any] | Any, outdir: str | Path) -> Path:
     """The configuration a run actually used, as ``OUTDIR/config.yaml`` whose keys are flag
     names, for reproduction with ``--config``. ``config``: a configuration, or the flag values

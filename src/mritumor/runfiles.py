@@ -20,3 +20,5 @@ COMPARISON_CSV = "comparison.csv"  # train-multitask --variant all, compare
 COMPARISON_JSON = "comparison.json"  # compare
 COMPARISON_MD = "comparison.md"  # the same tables for reading
 EVALUATION = "evaluation.json"  # evaluate: what was evaluated, how
+SITE_SPLIT = "site_split.json"  # adapt: fine-tune / held-out / untouched site patients
+ADAPT_REPORT = "adapt_report.json"  # adapt: what was done, held-out metrics before and after

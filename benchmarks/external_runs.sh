@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Models beyond their home source (issue: multi-source training, adaptation to a new site):
+# the runs behind RESULTS' section of that name, one after another (2 cores).
+# Usage: bash benchmarks/external_runs.sh WHAT [OUT]
+#   base     the cpu recipe's variant F on figshare (the model every other row starts from)
+#   site     the "new site": external_dev's T1-after-contrast images as a manifest under OUT
+#            (no image is copied; the manifest points into ../shared/data/external_dev)
+#   external bench_external.py on every external_dev image, not adapted (OUT/ext/base.json)
+#   blocks   ood_blocks.py: which encoder resolutions the OOD score sums, chosen on figshare
+#            validation slices and external_dev
+#   adapt    mritumor adapt at each level against not adapting, scored on the site images
+#            adaptation did not use (bench_external --exclude)
+#   loso     leave-one-source-out over figshare, LGG (post-contrast) and external_dev (cpu-quick)
+set -euo pipefail
+WHAT=${1:?base|site|external|blocks|adapt|loso}
+OUT=${2:-runs/x}
+SHARED=${SHARED:-../shared/data}
+MRI=${MRI:-.venv/bin/mritumor}
+PY=${PY:-.venv/bin/python}
+timed() { /usr/bin/time -f "$1: %e s wall, peak RSS %M KB" "${@:2}"; }
+case "$WHAT" in
+  base)
+    timed F_base "$MRI" -q train-multitask --recipe cpu --variant F --seed 0 \
+      --data_root "$SHARED/figshare" --outdir "$OUT/F_base" ;;
+  site)
+    mkdir -p "$OUT/site_t1c"
+    "$PY" - "$SHARED/external_dev" "$OUT/site_t1c/manifest.csv" <<'PYEOF'
+import sys
+from pathlib import Path
+import pandas as pd
+root, out = Path(sys.argv[1]).resolve(), sys.argv[2]
+table = pd.read_csv(root / "manifest.csv")
+table = table[table["sequence"] == "T1C+"].copy()
+table["image"] = [str(root / p) for p in table["image"]]
+table["mask"] = None  # external_dev's few masks outline an undefined region
+table.to_csv(out, index=False)
+print(f"{len(table)} T1C+ images: {table['tumor_type'].value_counts().to_dict()}")
+PYEOF
+    ;;
+  external)
+    timed external "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_base/best.pt" \
+      --data_root "$SHARED/external_dev" --out "$OUT/ext/base.json" ;;
+  blocks)
+    timed blocks "$PY" benchmarks/ood_blocks.py --checkpoint "$OUT/F_base/best.pt" \
+      --data_root "$SHARED/figshare" --external "$SHARED/external_dev" --out "$OUT/ext/ood_blocks.json" ;;
+  adapt)
+    site="$OUT/site_t1c/manifest.csv"
+    # unlabelled: AdaBN, then TENT, on every T1C+ site image (labels not read)
+    for method in adabn tent; do
+      timed "adapt_$method" "$MRI" -q adapt --checkpoint "$OUT/F_base/best.pt" --site_root "$site" \
+        --unlabelled "$method" --outdir "$OUT/adapt_$method"
+      "$PY" benchmarks/bench_external.py --checkpoint "$OUT/adapt_$method/best.pt" \
+        --data_root "$SHARED/external_dev" --out "$OUT/ext/adapt_$method.json"
+    done
+    # 20 labelled images per known class (glioma, meningioma), taken out of the evaluation
+    for level in head last_stage; do
+      timed "adapt_20_$level" "$MRI" -q adapt --checkpoint "$OUT/F_base/best.pt" --site_root "$site" \
+        --unlabelled adabn --labelled_per_class 20 --finetune "$level" --conformal_mondrian \
+        --outdir "$OUT/adapt_20_$level"
+      "$PY" benchmarks/bench_external.py --checkpoint "$OUT/adapt_20_$level/best.pt" \
+        --data_root "$SHARED/external_dev" --exclude "$OUT/adapt_20_$level/site_split.json" \
+        --out "$OUT/ext/adapt_20_$level.json"
+    done
+    # the same images left out for the unadapted model, so the rows compare like with like
+    "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_base/best.pt" \
+      --data_root "$SHARED/external_dev" --exclude "$OUT/adapt_20_head/site_split.json" \
+      --out "$OUT/ext/base_excl.json" ;;
+  loso)
+    timed loso "$MRI" -q train-multitask --recipe cpu-quick --variant F --seed 0 \
+      --sources benchmarks/sources/loso.yaml --cv_by source --balance source+weights \
+      --outdir "$OUT/loso" ;;
+esac
