@@ -11,8 +11,10 @@
 #   adapt    mritumor adapt at each level against not adapting, scored on the site images
 #            adaptation did not use (bench_external --exclude)
 #   loso     leave-one-source-out over figshare, LGG (post-contrast) and external_dev (cpu-quick)
+#   quick    the same budget on figshare alone, and bench_external of both models that never saw
+#            external_dev (figshare alone; figshare + LGG = the loso fold holding external_dev out)
 set -euo pipefail
-WHAT=${1:?base|site|external|blocks|adapt|loso}
+WHAT=${1:?base|site|external|blocks|adapt|loso|quick}
 OUT=${2:-runs/x}
 SHARED=${SHARED:-../shared/data}
 MRI=${MRI:-.venv/bin/mritumor}
@@ -61,12 +63,29 @@ PYEOF
         --data_root "$SHARED/external_dev" --exclude "$OUT/adapt_20_$level/site_split.json" \
         --out "$OUT/ext/adapt_20_$level.json"
     done
+    # the last stage again with half the labelled images held out: 10 per class calibrate the
+    # Mondrian (per-class) sets, which need at least 9 per class for 90 %
+    timed adapt_20_last_stage_h05 "$MRI" -q adapt --checkpoint "$OUT/F_base/best.pt" --site_root "$site" \
+      --unlabelled adabn --labelled_per_class 20 --finetune last_stage --holdout_share 0.5 \
+      --conformal_mondrian --outdir "$OUT/adapt_20_last_stage_h05"
+    for model in adapt_20_last_stage_h05 F_base; do
+      "$PY" benchmarks/bench_external.py --checkpoint "$OUT/$model/best.pt" \
+        --data_root "$SHARED/external_dev" --exclude "$OUT/adapt_20_last_stage_h05/site_split.json" \
+        --out "$OUT/ext/${model}_excl_h05.json"
+    done
     # the same images left out for the unadapted model, so the rows compare like with like
     "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_base/best.pt" \
       --data_root "$SHARED/external_dev" --exclude "$OUT/adapt_20_head/site_split.json" \
       --out "$OUT/ext/base_excl.json" ;;
   loso)
     timed loso "$MRI" -q train-multitask --recipe cpu-quick --variant F --seed 0 \
-      --sources benchmarks/sources/loso.yaml --cv_by source --balance source+weights \
+      --sources benchmarks/sources/loso.yaml --cv_by source \
       --outdir "$OUT/loso" ;;
+  quick)
+    timed quick_F "$MRI" -q train-multitask --recipe cpu-quick --variant F --seed 0 \
+      --data_root "$SHARED/figshare" --outdir "$OUT/quick_F"
+    for model in quick_F loso/external_dev; do
+      "$PY" benchmarks/bench_external.py --checkpoint "$OUT/$model/best.pt" \
+        --data_root "$SHARED/external_dev" --out "$OUT/ext/${model//\//_}.json"
+    done ;;
 esac
