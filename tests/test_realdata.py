@@ -66,3 +66,34 @@ def test_lgg_slices_decode_as_three_channels_with_binary_masks():
     has_tumor = few.table["has_tumor"].to_numpy().astype(bool)
     mask_area = np.asarray(cache.masks).reshape(len(cache), -1).sum(1)
     assert ((mask_area > 0) == has_tumor).mean() > 0.95  # resized masks keep tumour presence
+
+
+def test_the_loso_sources_file_reads_three_sources_with_their_options():
+    """benchmarks/sources/loso.yaml on the real folders: LGG's tumour slices renamed to glioma
+    without masks, external_dev's T1C+ gliomas/meningiomas, figshare unchanged; families kept."""
+    from pathlib import Path
+
+    from mritumor.data.prepare import read_data
+    from mritumor.data.splits import leave_one_source_out
+
+    for name in ("figshare", "lgg", "external_dev"):
+        shared_data(name)
+    sources = Path(__file__).resolve().parents[1] / "benchmarks" / "sources" / "loso.yaml"
+    table = read_data(None, sources=str(sources)).table
+    counts = table.groupby(["source", "tumor_type"]).size().to_dict()
+    assert counts == {
+        ("external_dev", "glioma"): 419,
+        ("external_dev", "meningioma"): 149,
+        ("figshare", "glioma"): 1167,
+        ("figshare", "meningioma"): 554,
+        ("figshare", "pituitary"): 724,
+        ("lgg", "glioma"): 1067,  # the manifest's has_tumor == 1 slices
+    }
+    masks = table.groupby("source")["mask"].apply(lambda s: int(s.notna().sum())).to_dict()
+    assert masks == {"external_dev": 0, "figshare": 2445, "lgg": 0}
+    assert (table.loc[table["source"] == "lgg", "channel"] == 2).all()
+    assert table.loc[table["source"] == "figshare", "patient_family"].nunique() == 168
+    folds = leave_one_source_out(table, seed=0)
+    for fold in folds:
+        held_out = fold.extra["held_out_source"]
+        assert len(fold.test) == table.loc[table["source"] == held_out, "patient_id"].nunique()
