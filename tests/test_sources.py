@@ -194,3 +194,30 @@ def test_per_source_metrics_match_sklearn_on_each_source(tmp_path: Path, two_sou
             expected
         )
         assert metrics["per_source"][name]["n_slices"] == int(mine.sum())
+
+
+def test_cv_by_source_trains_one_fold_per_held_out_source(two_sources, tmp_path: Path, capsys):
+    import json
+
+    from mritumor.cli import main
+
+    big, small = two_sources
+    outdir = tmp_path / "loso"
+    assert main(["-q", "train-multitask", "--variant", "D", "--data_root", str(big),
+                 "--data_root", str(small), "--cv_by", "source", "--outdir", str(outdir),
+                 "--backbone", "small_cnn", "--image_size", "32", "--epochs", "1",
+                 "--batch_size", "16", "--n_boot", "20", "--augment", "none", "--patience", "0",
+                 "--num_workers", "0", "--n_overlays", "0"]) == 0  # fmt: skip
+    assert "loso.md" in capsys.readouterr().out
+    summary = json.loads((outdir / "loso_summary.json").read_text())
+    assert set(summary) == {"big", "small"}
+    assert summary["small"]["n_patients"] == 14 and summary["big"]["n_patients"] == 40
+    for name in ("big", "small"):
+        split = json.loads((outdir / name / "split.json").read_text())
+        assert all(p.startswith(f"{name}:") for p in split["test"])
+        assert not any(p.startswith(f"{name}:") for p in split["train"] + split["val"])
+        metrics = json.loads((outdir / name / "test_metrics.json").read_text())
+        assert set(metrics["per_source"]) == {name}
+    assert (outdir / "loso.md").read_text().count("\n| ") == 2  # the two sources' rows
+    assert main(["-q", "train-multitask", "--variant", "all", "--data_root", str(big),
+                 "--data_root", str(small), "--cv_by", "source", "--outdir", str(tmp_path / "x")]) == 2  # fmt: skip

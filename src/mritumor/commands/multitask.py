@@ -185,7 +185,9 @@ def run(args) -> None:
 
     result = train_multitask(MultitaskConfig.from_flags(vars(args)))
     print(f"results in {args.outdir}")
-    results = result if args.variant == "all" else {args.variant: result}
+    if args.cv_by == "source":  # one report per held-out source
+        print(f"leave-one-source-out table: {args.outdir}/loso.md")
+    results = result if args.variant == "all" or args.cv_by == "source" else {args.variant: result}
     for variant, report in results.items():
         metrics = report.get("metrics", {})
         parts = [
