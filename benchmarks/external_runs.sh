@@ -13,8 +13,10 @@
 #   loso     leave-one-source-out over figshare, LGG (post-contrast) and external_dev (cpu-quick)
 #   quick    the same budget on figshare alone, and bench_external of both models that never saw
 #            external_dev (figshare alone; figshare + LGG = the loso fold holding external_dev out)
+#   multi    the cpu recipe's variant F on figshare + LGG's post-contrast gliomas
+#            (benchmarks/sources/figshare_lgg.yaml), then bench_external on external_dev
 set -euo pipefail
-WHAT=${1:?base|site|external|blocks|adapt|loso|quick}
+WHAT=${1:?base|site|external|blocks|adapt|loso|quick|multi}
 OUT=${2:-runs/x}
 SHARED=${SHARED:-../shared/data}
 MRI=${MRI:-.venv/bin/mritumor}
@@ -88,4 +90,9 @@ PYEOF
       "$PY" benchmarks/bench_external.py --checkpoint "$OUT/$model/best.pt" \
         --data_root "$SHARED/external_dev" --out "$OUT/ext/${model//\//_}.json"
     done ;;
+  multi)
+    timed F_multi "$MRI" -q train-multitask --recipe cpu --variant F --seed 0 \
+      --sources benchmarks/sources/figshare_lgg.yaml --outdir "$OUT/F_multi"
+    timed external_multi "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi/best.pt" \
+      --data_root "$SHARED/external_dev" --out "$OUT/ext/F_multi.json" ;;
 esac
