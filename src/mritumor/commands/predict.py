@@ -8,13 +8,24 @@ from mritumor.commands.common import add_command, add_tta_flag, flag
 
 DESCRIPTION = """\
 --input is one image file (PNG/JPG/TIFF/BMP/NPY or DICOM), a NIfTI volume (.nii, .nii.gz: one
-patient, one slice per axial plane), a patient folder (2-D slices, a DICOM series or a NIfTI
+patient, one slice per axial plane), a patient folder (2-D slices, DICOM files or a NIfTI
 volume; mask files beside the slices are ignored) or a folder of patient folders (every folder
 that directly holds image files is a patient, named by its path below --input). No class
-folders or labels are needed. Slices get the training cache's exact preprocessing; hierarchical
+folders or labels are needed.
+
+DICOM: a patient folder may hold a whole study as a PACS exports it (or a DICOMDIR and the
+files it lists). Files are grouped by StudyInstanceUID/SeriesInstanceUID and each image series
+is one result, named <patient>/<SeriesNumber>_<SeriesDescription>, its slices ordered by
+position. Skipped, each with its reason under "skipped": localizers and scouts (ImageType
+LOCALIZER, or a series whose slices change orientation), objects without pixels (SR, RTSTRUCT,
+presentation states), DICOM SEG objects, and series of another modality than MR (unless
+--any_modality). --series picks series by number or description. A series whose tags
+(SeriesDescription, ContrastBolusAgent, ScanningSequence) name another sequence than the one
+the model was trained on (recorded in the checkpoint) gets a "sequence_warning". Slices get the training cache's exact preprocessing; hierarchical
 models see the checkpoint's evaluation bag (evenly spaced slices; --all_slices: every slice).
 
-Output: one patient → JSON on stdout; several → predictions.csv in the current folder.
+Output: one patient → JSON on stdout; several → predictions.csv in the current folder; --json:
+the JSON document on stdout whatever the number.
 --output FILE chooses: .json writes the JSON document there, .csv writes one row per patient
 to FILE and one row per slice to FILE_slices.csv, .jsonl one line per patient (after a first
 {"model": ...} line). CSV and JSON lines are written as the patients are predicted; --resume
@@ -24,9 +35,11 @@ keeps the patients such a file already holds and predicts the others. The JSON d
                  type_probabilities {type: p}, slices [{name, ...}], ...}],
    "skipped": [{patient_id, reason}]}
 Hierarchical: predicted_grade, grade_probabilities {grade: P(g) = Σt P(t) P(g|t)}, and each
-slice's attention_weight. Multi-task: each slice's type_probabilities and tumour_area_px (pixels
-of the predicted mask at the image's original size), the patient's tumour_found (a mask on any
-slice); the patient's type_probabilities are the mean of its slices'. Probabilities use the checkpoint's temperature unless --no_calibration.
+slice's attention_weight. Multi-task: each slice's type_probabilities, tumour_area_px (pixels of
+the predicted mask at the image's original size) and tumour_area_mm2 (from DICOM PixelSpacing
+or the NIfTI voxel size), the patient's tumour_found (a mask on any slice) and
+tumour_volume_ml (areas × slice spacing, for a DICOM series or NIfTI volume; without a known
+spacing null, with a size_note saying why); the patient's type_probabilities are the mean of its slices'. Probabilities use the checkpoint's temperature unless --no_calibration.
 
 --save_masks DIR (multi-task checkpoints with a segmentation head): the predicted masks at the
 input's original size, <slice>_mask.png (0/255) per slice, or for a NIfTI input one
@@ -115,6 +128,29 @@ def register(subcommands) -> None:
         "the checkpoint flags as out of distribution, or, for a multi-task model that knows no "
         "no_tumour type, whose mask is empty on every slice",
     )
+    flag(
+        parser,
+        "--json",
+        action="store_true",
+        help="print the JSON document on stdout, also for several patients (instead of "
+        "predictions.csv)",
+    )
+    flag(
+        parser,
+        "--series",
+        default=None,
+        metavar="NUMBER|PATTERN",
+        help="DICOM studies: analyse only the series with this SeriesNumber, or whose "
+        "SeriesDescription matches PATTERN (case-insensitive; a plain word matches anywhere, "
+        "wildcards * ? [] match the whole description)",
+    )
+    flag(
+        parser,
+        "--any_modality",
+        action="store_true",
+        help="DICOM: analyse images of other modalities than MR too (refused by default: the "
+        "models read brain MRI)",
+    )
     add_tta_flag(parser)
     parser.set_defaults(handler=run)
 
@@ -137,6 +173,9 @@ def run(args: argparse.Namespace) -> None:
         threads=args.threads or None,
         coverage=args.coverage,
         abstain=args.abstain,
+        series=args.series,
+        any_modality=args.any_modality,
+        json_stdout=args.json,
     )
     if document["output"]:  # otherwise stdout holds the JSON: nothing else may go there
         resumed = f" ({document['resumed']} kept from before)" if document["resumed"] else ""

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mritumor.inference.sequences import trained_sequences
+
 
 @dataclass(frozen=True)
 class Labels:
@@ -41,6 +43,8 @@ class ModelCard:
     bag_size: int | None = None
     bag_policy: str | None = None
     variant: str | None = None
+    # the MR sequences of the training data (training_data.sequences; [] when not recorded)
+    trained_sequences: list[str] = field(default_factory=list)
     # the checkpoint's OOD/conformal state: arrays in ``KEY.uncertainty.npz`` beside the card
     uncertainty: dict | None = field(default=None, repr=False, compare=False)
 
@@ -60,6 +64,7 @@ class ModelCard:
             bag_size=loaded.bag_size,
             bag_policy=loaded.bag_policy,
             variant=loaded.variant,
+            trained_sequences=trained_sequences(loaded.checkpoint),
         )
 
     def to_dict(self) -> dict:

@@ -2,8 +2,11 @@
 
 * one image file (PNG/JPG/TIFF/BMP/NPY, or a DICOM file: one slice, or one per frame);
 * a NIfTI volume (``.nii``/``.nii.gz``): one patient, one slice per axial plane;
-* a patient folder: its 2-D slices, a DICOM series (ordered by slice position) or one NIfTI
-  volume, read exactly as the data layer reads a patient folder (mask files are set aside);
+* a patient folder: its 2-D slices, its DICOM series (a study export: each image series is
+  one unit, named ``<patient>/<SeriesNumber>_<SeriesDescription>``, slices ordered by position;
+  localizers, objects without pixels and other modalities are skipped with their reasons; a
+  DICOMDIR's files when it has one) or one NIfTI volume, read exactly as the data layer reads a
+  patient folder (mask files are set aside);
 * a folder of patient folders (any depth: every folder that directly holds image files is a
   patient, named by its path relative to PATH; a labelled ``<type>/<patient>/`` tree works too).
 
@@ -13,6 +16,7 @@ NIfTI volume (:func:`read_volume`, :func:`plane`) the predictor decodes slices f
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,16 +43,48 @@ class SliceRef:
 
 @dataclass
 class PatientInput:
+    """One unit of prediction: a patient's slices, or one DICOM series of a patient."""
+
     patient_id: str
     source: Path  # the file or folder the patient was read from
     slices: list[SliceRef]
     volume: Path | None = None  # the NIfTI volume, when every slice comes from one
     problems: list[str] = field(default_factory=list)
+    series: readers.DicomSeries | None = None  # the DICOM series these slices are
+    # what was not analysed while reading this input (a localizer, a CT series, …): one
+    # {"patient_id": name, "reason": why} each, reported in predict's ``skipped``
+    skipped: list[dict] = field(default_factory=list)
+    pixel_spacing: tuple[float, float] | None = None  # (row, column) mm of the original image
+    slice_spacing: float | None = None  # mm between adjacent slices, when they form a stack
 
 
-def discover(path: str | Path) -> list[PatientInput]:
-    """The patients of ``--input`` (see the module docstring), in natural order. Raises
-    :class:`DataError` for a missing path, an empty folder or a file type that is not an image."""
+@dataclass(frozen=True)
+class SeriesChoice:
+    """Which DICOM series to analyse: ``pattern`` a SeriesNumber ("5") or a case-insensitive
+    pattern of the series description ("*FLAIR*", "t1 post": a plain word matches anywhere);
+    ``any_modality``: analyse images of other modalities than MR too."""
+
+    pattern: str | None = None
+    any_modality: bool = False
+
+    def picks(self, series: readers.DicomSeries) -> bool:
+        if self.pattern is None:
+            return True
+        number, _, description = (series.name or "").partition("_")
+        if self.pattern.isdigit():
+            return number == self.pattern
+        wanted = self.pattern.lower()
+        text = (series.tags.get("SeriesDescription") or description).lower()
+        if any(c in wanted for c in "*?["):
+            return fnmatch.fnmatchcase(text, wanted)
+        return wanted in text
+
+
+def discover(path: str | Path, choice: SeriesChoice | None = None) -> list[PatientInput]:
+    """The patients (DICOM: series) of ``--input`` (see the module docstring), in natural
+    order; ``choice``: which DICOM series. Raises :class:`DataError` for a missing path, an
+    empty folder or a file type that is not an image."""
+    choice = choice or SeriesChoice()
     path = Path(path)
     if not path.exists():
         raise DataError(
@@ -56,7 +92,7 @@ def discover(path: str | Path) -> list[PatientInput]:
             + (" (broken symbolic link)" if path.is_symlink() else "")
         )
     if path.is_file():
-        return [_file_patient(path)]
+        return [_file_patient(path, choice)]
     if not path.is_dir():
         raise DataError(f"--input {path} is neither a file nor a folder")
     folders = _patient_folders(path)
@@ -67,7 +103,7 @@ def discover(path: str | Path) -> list[PatientInput]:
     patients = []
     for folder in folders:
         patient_id = path.name if folder == path else folder.relative_to(path).as_posix()
-        patients.append(_folder_patient(folder, patient_id))
+        patients.extend(_folder_patients(folder, patient_id, choice))
     return patients
 
 
@@ -105,7 +141,7 @@ def _patient_folders(root: Path) -> list[Path]:
     return found
 
 
-def _file_patient(path: Path) -> PatientInput:
+def _file_patient(path: Path, choice: SeriesChoice) -> PatientInput:
     suffix = io.suffix_of(path)
     if suffix in io.NIFTI_SUFFIXES:
         try:
@@ -115,11 +151,12 @@ def _file_patient(path: Path) -> PatientInput:
         slices = [SliceRef(str(path), k, f"{path.name}[{k}]") for k in range(depth)]
         return PatientInput(stem(path), path, slices, volume=path)
     if suffix in io.DICOM_SUFFIXES or (not suffix and io.is_dicom_file(path)):
-        rows, problems = readers.dicom_rows([path])  # one per frame, ordered by position
-        if not rows:
+        series, problems = readers.read_series([path], choice.any_modality)
+        if not series:
             reason = problems[0].reason if problems else "no image in it"
             raise DataError(f"--input {path}: {reason}")
-        return PatientInput(stem(path), path, [_slice_ref(r, path.parent) for r in rows])
+        (one,) = series  # one file is one series; its frames ordered by position
+        return _series_patient(one, stem(path), path, path.parent)
     if suffix in io.RASTER_SUFFIXES | io.NUMPY_SUFFIXES:
         return PatientInput(stem(path), path, [SliceRef(str(path), -1, path.name)])
     raise DataError(
@@ -128,16 +165,58 @@ def _file_patient(path: Path) -> PatientInput:
     )
 
 
-def _folder_patient(folder: Path, patient_id: str) -> PatientInput:
-    # the data layer's own reading, so prediction reads a folder exactly as training did
-    rows, problems = readers.patient_rows(folder)
+def _folder_patients(folder: Path, patient_id: str, choice: SeriesChoice) -> list[PatientInput]:
+    """A patient folder's units: one per DICOM series picked, else the folder itself. The
+    data layer's own reading, so prediction reads a folder exactly as training did."""
+    found = readers.patient_series(folder, choice.any_modality)
+    if found is None:
+        rows, problems = readers.patient_rows(folder)
+        return [
+            PatientInput(
+                patient_id,
+                folder,
+                [_slice_ref(r, folder) for r in rows],
+                volume=_single_volume(rows),
+                problems=[str(p) for p in problems],
+            )
+        ]
+    series, problems = found
+    skipped = [_skipped(folder, patient_id, p.path, p.reason) for p in problems]
+    picked = []
+    for one in series:
+        if choice.picks(one):
+            picked.append(one)
+        else:
+            name = f"{patient_id}/{one.name}"
+            skipped.append({"patient_id": name, "reason": f"not picked by --series {choice.pattern}"})  # fmt: skip
+    if not picked:  # nothing to analyse: a unit without slices that says why
+        reasons = "; ".join(f"{s['patient_id']}: {s['reason']}" for s in skipped) or "no image"
+        return [PatientInput(patient_id, folder, [], problems=[f"no image series to analyse ({reasons})"])]  # fmt: skip
+    units = [
+        _series_patient(one, f"{patient_id}/{one.name}" if one.name else patient_id, folder, folder)
+        for one in picked
+    ]
+    units[0].skipped = skipped  # reported once per folder
+    return units
+
+
+def _series_patient(series, patient_id: str, source: Path, base: Path) -> PatientInput:
     return PatientInput(
         patient_id,
-        folder,
-        [_slice_ref(r, folder) for r in rows],
-        volume=_single_volume(rows),
-        problems=[str(p) for p in problems],
+        source,
+        [_slice_ref(r, base) for r in series.rows],
+        series=series,
+        pixel_spacing=series.pixel_spacing,
+        slice_spacing=series.slice_spacing if len(series.rows) > 1 else None,
     )
+
+
+def _skipped(folder: Path, patient_id: str, path: str, reason: str) -> dict:
+    try:
+        name = Path(path).relative_to(folder).as_posix()
+    except ValueError:
+        name = Path(path).name
+    return {"patient_id": f"{patient_id}/{name}", "reason": reason}
 
 
 def _slice_ref(row: dict, base: Path) -> SliceRef:

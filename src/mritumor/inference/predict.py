@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mritumor import runfiles
 from mritumor.errors import DataError, MritumorError
-from mritumor.inference.inputs import discover
+from mritumor.inference.inputs import SeriesChoice, discover
 from mritumor.inference.outputs import (
     STREAMED,
     ResultStream,
@@ -26,6 +26,7 @@ from mritumor.inference.outputs import (
     write_output,
 )
 from mritumor.inference.predictor import Predictor
+from mritumor.inference.sequences import sequence_warning, trained_sequences
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,23 @@ def predict(
     coverage: float | None = None,
     abstain: bool = False,
     tta: int = 1,
+    series: str | None = None,
+    any_modality: bool = False,
+    json_stdout: bool = False,
 ) -> dict:
     """Predict every patient of ``input``; write the results (see :func:`write_output`):
     ``output`` given → there; else one patient → JSON on stdout, several → ``predictions.csv``
-    in the current folder. ``engine``: ``torch``, ``onnx`` or ``auto`` (see
+    in the current folder (``json_stdout``: the JSON document on stdout for any number).
+    ``engine``: ``torch``, ``onnx`` or ``auto`` (see
     :func:`~mritumor.inference.engines.select_engine`); ``resume``: keep the patients a
     .csv/.jsonl ``output`` already holds and predict only the others. Returns the document
     (``model``, ``patients``, ``skipped``, and ``resumed``: patients kept from the file) with
     ``output`` (the file written, or None for stdout). ``coverage``/``abstain``/``tta``: see
-    :class:`~mritumor.inference.predictor.Predictor`."""
+    :class:`~mritumor.inference.predictor.Predictor`; ``series``/``any_modality``: which
+    DICOM series (see :class:`~mritumor.inference.inputs.SeriesChoice`). A DICOM series whose
+    tags name another sequence than the model was trained on gets a ``sequence_warning``."""
+    if json_stdout and output is not None:
+        raise MritumorError("--json prints the JSON document on stdout; --output writes a file: give one of them")  # fmt: skip
     output = check_output(output)
     loaded = None
     if explain is not None:  # explaining needs the torch network whatever the engine
@@ -82,9 +91,14 @@ def predict(
             f"--explain explains class predictions; {checkpoint} is {model.describe()}, which "
             "has no classification head"
         )
-    patients = discover(input)
+    patients = discover(input, SeriesChoice(series, any_modality))
     many = len(patients) > 1
-    if output is None and many:
+    trained = (
+        trained_sequences(model.checkpoint)  # a LoadedModel (torch engine)
+        if hasattr(model, "checkpoint")
+        else list(getattr(model, "trained_sequences", []))  # a cached ONNX model's card
+    )
+    if output is None and many and not json_stdout:
         output = Path(runfiles.PREDICTIONS)
     if resume and (output is None or output.suffix.lower() not in STREAMED):
         raise MritumorError("--resume continues a .csv or .jsonl --output; give one")
@@ -100,7 +114,8 @@ def predict(
         if stream.done:
             log.info("--resume: %d patient(s) of %s already predicted; skipped", len(stream.done), output)  # fmt: skip
     todo = [p for p in patients if stream is None or p.patient_id not in stream.done]
-    records, skipped = [], []
+    records: list[dict] = []
+    skipped = [entry for patient in patients for entry in patient.skipped]
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="Predicting", unit="patient", disable=not (progress and many))
@@ -115,6 +130,11 @@ def predict(
                 if stream is not None:
                     stream.skip(patient.patient_id, str(prediction))
                 continue
+            if patient.series is not None:
+                warning = sequence_warning(trained, patient.series.tags)
+                if warning:
+                    log.warning("%s: %s", patient.patient_id, warning)
+                    prediction.record["sequence_warning"] = warning
             if save_masks is not None:
                 folder = Path(save_masks) / (patient.patient_id if many else "")
                 files = write_masks(prediction, patient, folder)

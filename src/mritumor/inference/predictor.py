@@ -225,7 +225,8 @@ class Predictor:
         for problem in patient.problems:
             log.warning("%s", problem)
         if not patient.slices:
-            raise DataError(f"{patient.source}: no image slice found ({SUPPORTED})")
+            reason = patient.problems[0] if patient.problems else f"no image slice found ({SUPPORTED})"  # fmt: skip
+            raise DataError(f"{patient.source}: {reason}")
         return Prepared(patient, *self.read(patient))
 
     def predict_prepared(self, prepared: Prepared) -> PatientPrediction:
@@ -237,11 +238,15 @@ class Predictor:
             "n_slices": len(patient.slices),
             "n_slices_used": len(used),
         }
+        if patient.series is not None:
+            record["series"] = series_record(patient.series)
         if self.loaded.task == "hierarchical":
             record.update(self._hierarchical(images, used))
             return PatientPrediction(record, images, used, sizes)
         extra, masks = self._multitask(images, used, sizes)
         record.update(extra)
+        if masks is not None:
+            add_physical_sizes(record, patient, len(used) == len(patient.slices))
         return PatientPrediction(record, images, used, sizes, masks)
 
     def __call__(self, patient: PatientInput) -> PatientPrediction:
@@ -370,6 +375,46 @@ class Predictor:
                     result["abstain_reason"] = "no tumour segmented in any slice"
         result["slices"] = slices
         return result, originals
+
+
+def series_record(series) -> dict:
+    """What a DICOM series is, for the record: its name, UIDs, modality and acquisition tags."""
+    return {
+        "name": series.name,
+        "series_instance_uid": series.series_uid,
+        "study_instance_uid": series.study_uid,
+        "modality": series.modality,
+        **{_snake(k): v for k, v in series.tags.items()},
+    }
+
+
+def _snake(keyword: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in keyword).lstrip("_")
+
+
+def add_physical_sizes(record: dict, patient: PatientInput, whole_stack: bool) -> None:
+    """Tumour areas in mm² (pixel spacing of the original image) and, for a stack of slices
+    with a known spacing that the model saw whole, the tumour volume in mL (area × slice
+    spacing, summed: each slice stands for the slab between its neighbours). Unknown spacing:
+    the pixel counts stay the only measure and ``size_note`` says why."""
+    spacing = patient.pixel_spacing
+    if spacing is None:
+        record["tumour_area_mm2"] = None
+        record["size_note"] = "pixel spacing unknown (a 2-D image file or a DICOM file without PixelSpacing): sizes in pixels only"  # fmt: skip
+        return
+    pixel_mm2 = float(spacing[0]) * float(spacing[1])
+    areas = []
+    for entry in record["slices"]:
+        entry["tumour_area_mm2"] = round(entry["tumour_area_px"] * pixel_mm2, 3)
+        areas.append(entry["tumour_area_mm2"])
+    record["tumour_area_mm2"] = round(record["tumour_area_px"] * pixel_mm2, 3)
+    record["pixel_spacing_mm"] = [float(spacing[0]), float(spacing[1])]
+    if patient.slice_spacing and whole_stack:
+        record["slice_spacing_mm"] = float(patient.slice_spacing)
+        record["tumour_volume_ml"] = round(sum(areas) * patient.slice_spacing / 1000.0, 4)
+    else:
+        record["tumour_volume_ml"] = None
+        record["size_note"] = "no volume: the slices do not form a stack with a known spacing"
 
 
 def mask_at_original_size(logits, height: int, width: int) -> np.ndarray:

@@ -25,9 +25,15 @@ from mritumor.data.catalog import (
     summarise_problems,
 )
 from mritumor.data.readers.common import MASK_NAME, walk_files
-from mritumor.data.readers.dicom import dicom_rows, slice_position
+from mritumor.data.readers.dicom import DicomSeries, dicom_rows, read_series, slice_position
 from mritumor.data.readers.figshare import FIGSHARE_LABELS, read_figshare_mat
-from mritumor.data.readers.folder import CLASS_FOLDER, patient_rows, read_folder_tree
+from mritumor.data.readers.folder import (
+    CLASS_FOLDER,
+    dicom_files,
+    patient_rows,
+    patient_series,
+    read_folder_tree,
+)
 from mritumor.data.readers.image_folders import (
     LEAKAGE_WARNING,
     looks_like_image_folders,
@@ -39,6 +45,7 @@ from mritumor.errors import DataError
 
 __all__ = [
     "CLASS_FOLDER",
+    "DicomSeries",
     "FIGSHARE_LABELS",
     "FORMATS",
     "LEAKAGE_WARNING",
@@ -46,14 +53,17 @@ __all__ = [
     "LGG_TYPES",
     "MASK_NAME",
     "detect_format",
+    "dicom_files",
     "dicom_rows",
     "patient_rows",
+    "patient_series",
     "read_catalog",
     "read_figshare_mat",
     "read_folder_tree",
     "read_image_folders",
     "read_lgg_kaggle",
     "read_manifest",
+    "read_series",
     "slice_position",
 ]
 

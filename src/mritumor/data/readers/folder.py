@@ -1,4 +1,4 @@
-"""The folder tree ``ROOT/<type>[-g<grade>]/<patient>/<slices>``: 2-D slice files, a DICOM
+"""The folder tree ``ROOT/<type>[-g<grade>]/<patient>/<slices>``: 2-D slice files, DICOM
 series or one NIfTI volume per patient folder."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 from mritumor.data import io
 from mritumor.data.catalog import Catalog, Problem, make_table, natural_key
 from mritumor.data.readers.common import file_stem, is_mask_file, walk_files
-from mritumor.data.readers.dicom import dicom_rows
+from mritumor.data.readers.dicom import DicomSeries, dicomdir_files, read_series
 from mritumor.errors import DataError
 
 CLASS_FOLDER = re.compile(
@@ -66,11 +66,23 @@ def read_folder_tree(root: Path) -> Catalog:
             problems.extend(trouble)
             if not found and not trouble:
                 problems.append(Problem(str(patient_dir), "empty patient folder"))
+            several = len({row.get("series") for row in found}) > 1
             for row in found:
+                # a study of several series: one unit per series, the patient kept as the
+                # family so that its series never fall into different parts of a split
+                series = row.pop("series", None)
+                unit = f"{patient_dir.name}/{series}" if several and series else patient_dir.name
                 row.update(
-                    patient_id=patient_dir.name, tumor_type=tumor_type, grade=grade, source="folder"
+                    patient_id=unit,
+                    patient_family=patient_dir.name,
+                    tumor_type=tumor_type,
+                    grade=grade,
+                    source="folder",
                 )
             rows.extend(found)
+    if rows and all(row["patient_family"] == row["patient_id"] for row in rows):
+        for row in rows:  # no study with several series: the table as it always was
+            del row["patient_family"]
     return Catalog(make_table(rows), "folder", root, problems)
 
 
@@ -132,28 +144,60 @@ def _is_utf8(name: str) -> bool:
 
 def patient_rows(folder: Path) -> tuple[list[dict], list[Problem]]:
     """One patient folder's slice rows (``image``, ``frame``, ``mask``) and the problems met:
-    one NIfTI volume's axial slices, else a DICOM series in anatomical order, else 2-D slice
-    files in natural order with their masks set aside. Training and prediction both read a
-    folder through this, so they see the same slices in the same order."""
-    skipped: list[Problem] = []
-    files = sorted(
-        walk_files(folder, max_depth=3, skipped=skipped), key=lambda p: natural_key(str(p))
-    )
-    files = [f for f in files if not f.name.startswith(".")]
+    one NIfTI volume's axial slices, else its DICOM image series (each row's ``series`` names
+    its series; see :func:`patient_series`), else 2-D slice files in natural order with their
+    masks set aside. Training and prediction both read a folder through this, so they see the
+    same slices in the same order."""
+    files, skipped = _patient_files(folder)
     niftis = [f for f in files if io.suffix_of(f) in io.NIFTI_SUFFIXES]
     if niftis:
         rows, problems = _nifti_rows(folder, niftis)
         return rows, skipped + problems
-    dicoms = [
+    dicoms = dicom_files(folder, files)
+    if dicoms:
+        series, problems = read_series(dicoms)
+        rows = [dict(row, series=s.name) for s in series for row in s.rows]
+    else:
+        rows, problems = _raster_rows(files)
+    return rows, skipped + problems
+
+
+def patient_series(
+    folder: Path, any_modality: bool = False
+) -> tuple[list[DicomSeries], list[Problem]] | None:
+    """A patient folder's DICOM image series and what was skipped (localizers, objects
+    without pixels, other modalities unless ``any_modality``: see
+    :func:`~mritumor.data.readers.dicom.read_series`); None when the folder holds a NIfTI
+    volume or no DICOM file (read it with :func:`patient_rows`)."""
+    files, skipped = _patient_files(folder)
+    if any(io.suffix_of(f) in io.NIFTI_SUFFIXES for f in files):
+        return None
+    dicoms = dicom_files(folder, files)
+    if not dicoms:
+        return None
+    series, problems = read_series(dicoms, any_modality)
+    return series, skipped + problems
+
+
+def _patient_files(folder: Path) -> tuple[list[Path], list[Problem]]:
+    skipped: list[Problem] = []
+    files = sorted(
+        walk_files(folder, max_depth=3, skipped=skipped), key=lambda p: natural_key(str(p))
+    )
+    return [f for f in files if not f.name.startswith(".")], skipped
+
+
+def dicom_files(folder: Path, files: list[Path]) -> list[Path]:
+    """The DICOM files of a patient folder: those a DICOMDIR in it lists, else every file
+    named .dcm/.dicom or without extension that is DICOM."""
+    directory = folder / "DICOMDIR"
+    if directory.is_file():
+        return dicomdir_files(directory)
+    return [
         f
         for f in files
         if io.suffix_of(f) in io.DICOM_SUFFIXES or (not f.suffix and io.is_dicom_file(f))
     ]
-    if dicoms:
-        rows, problems = dicom_rows(dicoms)
-    else:
-        rows, problems = _raster_rows(files)
-    return rows, skipped + problems
 
 
 def _raster_rows(files: list[Path]) -> tuple[list[dict], list[Problem]]:
