@@ -129,7 +129,8 @@ class TrainerConfig(FlagConfig):
     accelerator: str = "auto"
     devices: str = "1"
     num_nodes: int = 1
-    precision: str = "auto"
+    # gpu-bf16 | auto | 32 | bf16 | a Lightning precision (mritumor.training.resolve_precision)
+    precision: str = "gpu-bf16"
     num_workers: int = -1
     deterministic: bool = False
     resume: bool = False

@@ -1,7 +1,8 @@
 """One way to build a Lightning Trainer for every task: devices, precision, logging, seeding.
 
-CPU by default where there is no GPU; bf16 mixed precision on GPU; DDP when more than one
-device or node is asked for (gloo on CPU, NCCL on GPU — chosen by Lightning).
+CPU by default where there is no GPU; bf16 mixed precision on GPU, and on a CPU with native
+bf16 when asked (``--precision auto``, :func:`resolve_precision`); DDP when more than one device
+or node is asked for (gloo on CPU, NCCL on GPU — chosen by Lightning).
 
 Every trainer also gets:
 
@@ -21,6 +22,7 @@ import logging
 import os
 import random
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 from mritumor import runfiles
 from mritumor.config import TrainerConfig
@@ -36,11 +39,159 @@ from mritumor.errors import MritumorError
 log = logging.getLogger(__name__)
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
-    if precision != "auto":
-        return precision
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if on_gpu else "32-true"
+# ----------------------------------------------------------------------------- precision
+
+# ``--precision`` values of mritumor's own; any other value (Lightning's "32-true",
+# "bf16-mixed", "16-mixed", ...) is handed to Lightning unchanged.
+DEFAULT_PRECISION = "gpu-bf16"  # bf16-mixed on a GPU, 32-true elsewhere: the behaviour before auto
+AUTO_PRECISION = "auto"  # as the default, and bf16-mixed on a CPU with native bf16 too
+PRECISION_ALIASES = {"32": "32-true", "bf16": "bf16-mixed"}
+
+# The CPU features that compute bf16 natively, the faster first, as (torch's and /proc/cpuinfo's
+# flag name, the name logged). Without them oneDNN emulates bf16 and a training step is
+# many times slower than in float32 (15x for mobilenet_v2 on an AVX2 CPU, benchmarks/RESULTS.md).
+CPU_BF16_FEATURES = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"))
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What ``--precision`` resolved to: Lightning's precision, why, and a warning when the
+    choice will be slow (bf16 asked for on a CPU that only emulates it)."""
+
+    precision: str
+    reason: str
+    warning: str | None = None
+
+    def describe(self) -> str:
+        return f"precision: {self.precision} ({self.reason})"
+
+
+def resolve_precision(precision: str, accelerator: str) -> PrecisionChoice:
+    """The precision Lightning trains in for ``--precision`` on ``--accelerator``.
+
+    * ``gpu-bf16`` (the default): bf16-mixed on a GPU, 32-true on the CPU;
+    * ``auto``: bf16-mixed on a GPU, and on a CPU that computes bf16 natively (AMX or
+      AVX512-BF16, :func:`native_cpu_bf16`); 32-true otherwise;
+    * ``32`` / ``bf16``: 32-true / bf16-mixed wherever the run is; any other value is
+      Lightning's own. bf16 asked for on a CPU without native bf16 is honoured (it reproduces a
+      bf16 run's arithmetic, e.g. a GPU run's config.yaml) with a warning that it is emulated.
+    """
+    device = training_device_type(accelerator)
+    if precision in (DEFAULT_PRECISION, AUTO_PRECISION):
+        if device == "cuda":
+            return PrecisionChoice("bf16-mixed", "GPU")
+        if device != "cpu":
+            return PrecisionChoice("32-true", f"{device}: float32")
+        if precision == DEFAULT_PRECISION:
+            return PrecisionChoice("32-true", "CPU; --precision auto uses bf16 where it is native")
+        feature = native_cpu_bf16()
+        if feature is None:
+            return PrecisionChoice("32-true", "CPU without native bf16: no AMX-BF16 or AVX512-BF16")
+        return PrecisionChoice("bf16-mixed", f"CPU has {feature}")
+    resolved = PRECISION_ALIASES.get(precision, precision)
+    warning = None
+    if device == "cpu" and resolved.startswith("bf16") and native_cpu_bf16() is None:
+        warning = (
+            f"--precision {precision} on a CPU without native bf16 (no AMX-BF16 or AVX512-BF16): "
+            "bf16 is emulated and training may be many times slower than --precision 32"
+        )
+    return PrecisionChoice(resolved, f"--precision {precision}", warning)
+
+
+def training_device_type(accelerator: str) -> str:
+    """'cuda', 'cpu' or another accelerator's name: where Lightning will train."""
+    if accelerator in ("gpu", "cuda"):
+        return "cuda"
+    if accelerator != "auto":
+        return accelerator
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
+def native_cpu_bf16() -> str | None:
+    """The best CPU feature that computes bf16 natively ('AMX-BF16', 'AVX512-BF16'), or None.
+
+    Asked of torch first, since its kernels are what will run (``torch.cpu.get_capabilities``,
+    newer torch; else the ``torch.cpu._is_*_supported`` checks of earlier 2.x), then of
+    ``/proc/cpuinfo``. A probe that is missing or fails (they are partly private API) is
+    skipped; when none can tell, the CPU counts as without native bf16 (float32 stays)."""
+    flags = cpu_bf16_flags()
+    return next((name for key, name in CPU_BF16_FEATURES if flags.get(key)), None)
+
+
+def cpu_bf16_flags() -> dict[str, bool]:
+    """Which of :data:`CPU_BF16_FEATURES` this CPU has, from the first probe that can tell."""
+    for probe in CPU_BF16_PROBES:
+        try:
+            flags = probe()
+        except Exception as error:  # a private API that changed: try the next probe
+            log.debug("CPU bf16 probe %s failed: %s", probe.__name__, error)
+            continue
+        if flags is not None:
+            return flags
+    return {}
+
+
+def probe_torch_capabilities() -> dict[str, bool] | None:
+    """``torch.cpu.get_capabilities()`` (torch's cpuinfo view; newer torch only: absent, the
+    next probe answers)."""
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if get_capabilities is None:
+        return None
+    capabilities = dict(get_capabilities())
+    if not any(key in capabilities for key, _ in CPU_BF16_FEATURES):
+        return None
+    return {key: bool(capabilities.get(key, False)) for key, _ in CPU_BF16_FEATURES}
+
+
+def probe_torch_cpu_checks() -> dict[str, bool] | None:
+    """``torch.cpu._is_amx_tile_supported`` and ``_is_avx512_bf16_supported`` (private; in
+    torch 2.x before ``get_capabilities`` and still after). Every processor with AMX tiles
+    (Sapphire Rapids onwards) also has AMX-BF16, so the tile check stands for it."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    if amx is None and avx512_bf16 is None:
+        return None
+    return {
+        "amx_bf16": bool(amx()) if amx is not None else False,
+        "avx512_bf16": bool(avx512_bf16()) if avx512_bf16 is not None else False,
+    }
+
+
+def probe_proc_cpuinfo(path: str | Path = "/proc/cpuinfo") -> dict[str, bool] | None:
+    """The ``flags`` line of Linux's ``/proc/cpuinfo`` (None elsewhere)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        name, _, values = line.partition(":")
+        if name.strip() == "flags":
+            flags.update(values.split())
+    if not flags:
+        return None
+    return {key: key in flags for key, _ in CPU_BF16_FEATURES}
+
+
+CPU_BF16_PROBES = (probe_torch_capabilities, probe_torch_cpu_checks, probe_proc_cpuinfo)
+
+_announced: set[str] = set()
+
+
+def announce_precision(choice: PrecisionChoice) -> None:
+    """Log the precision once per process (a command builds a trainer per variant or fold),
+    from the first process only."""
+    message = choice.describe()
+    # Lightning sets rank_zero_only.rank from the launcher's environment (typed as absent)
+    if message in _announced or getattr(rank_zero_only, "rank", 0) != 0:
+        return
+    _announced.add(message)
+    log.info(message)
+    if choice.warning:
+        log.warning(choice.warning)
 
 
 def default_workers(requested: int) -> int:
@@ -84,12 +235,13 @@ def build_trainer(
     seed = trainer.seed
     if seed is not None and not any(isinstance(c, EpochSeeding) for c in callbacks):
         callbacks.append(EpochSeeding(seed))
+    choice = resolve_precision(trainer.precision, trainer.accelerator)
     options = {
         "max_epochs": max_epochs,
         "accelerator": trainer.accelerator,
         "devices": devices,
         "num_nodes": trainer.num_nodes,
-        "precision": resolve_precision(trainer.precision, trainer.accelerator),
+        "precision": choice.precision,
         "strategy": "ddp" if many else "auto",
         "deterministic": bool(trainer.deterministic),
         "logger": [CSVLogger(str(outdir), name="logs"), *tracking_loggers(trainer, outdir)],
@@ -101,6 +253,9 @@ def build_trainer(
         "log_every_n_steps": 1,
     }
     options.update(overrides)
+    if "precision" in overrides:
+        choice = PrecisionChoice(str(overrides["precision"]), "set by the task")
+    announce_precision(choice)
     return L.Trainer(**options)
 
 
@@ -264,6 +419,8 @@ class BestStateCheckpoint(L.Callback):
                 "best_epoch": trainer.current_epoch,
                 "epochs_run": trainer.current_epoch + 1,
                 "max_epochs": trainer.max_epochs,
+                # what Lightning trained in (the flag, e.g. auto, is in the config entry)
+                "precision": trained_precision(trainer),
             }
             save_checkpoint(payload, self.path)
 
@@ -273,6 +430,12 @@ class BestStateCheckpoint(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.best_score = state_dict.get("best_score")
         self.best_epoch = state_dict.get("best_epoch")
+
+
+def trained_precision(trainer) -> str | None:
+    """Lightning's precision of ``trainer`` ('32-true', 'bf16-mixed', ...), None if unknown."""
+    precision = getattr(trainer, "precision", None)
+    return None if precision is None else str(precision)
 
 
 def ema_with_warmup(decay: float):
@@ -355,7 +518,8 @@ def log_run(lightning_trainer: L.Trainer, flags: dict, metrics: dict, outdir: st
     for logger in lightning_trainer.loggers:
         if not isinstance(logger, MLFlowLogger | TensorBoardLogger):
             continue  # the CSV log stays one row per epoch; test metrics are in their JSON
-        logger.log_hyperparams({k: v for k, v in flags.items() if v is not None})
+        hyperparameters = {**flags, "precision_used": trained_precision(lightning_trainer)}
+        logger.log_hyperparams({k: v for k, v in hyperparameters.items() if v is not None})
         if values:
             logger.log_metrics(values)
         if isinstance(logger, MLFlowLogger):

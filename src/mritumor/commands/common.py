@@ -330,7 +330,18 @@ def add_trainer_flags(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="machines for multi-node DDP (torchrun/SLURM)",
     )
-    flag(parser, "--precision", default="auto", help="auto: bf16-mixed on GPU, 32-true on CPU")
+    flag(
+        parser,
+        "--precision",
+        default="gpu-bf16",  # mritumor.training.DEFAULT_PRECISION (spelled out: no torch here)
+        help="gpu-bf16: bf16 mixed precision on a GPU, float32 on the CPU; auto: also bf16 mixed "
+        "on a CPU that computes bf16 natively (AMX or AVX512-BF16; detected and logged), float32 "
+        "on other CPUs; 32: float32 everywhere; bf16: bf16 mixed everywhere (on a CPU without "
+        "native bf16 it is emulated, many times slower, and a warning says so); or any Lightning "
+        "precision (32-true, bf16-mixed, 16-mixed, ...). The checkpoint records what was used; "
+        "validation runs in it too, the test evaluation at the end, evaluate and predict in "
+        "float32",
+    )
     flag(
         parser,
         "--num_workers",

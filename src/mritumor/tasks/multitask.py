@@ -138,9 +138,9 @@ class MultiTaskTask(L.LightningModule):
                 weight=self.class_weights,
                 ignore_index=-1,
             )
-        zero = (
-            outputs[next(iter(outputs))].sum() * 0.0
-        )  # keeps the graph when a batch has no target
+        # keeps the graph when a batch has no target; float32 like the losses (under bf16
+        # autocast the network's outputs are bf16)
+        zero = outputs[next(iter(outputs))].float().sum() * 0.0
         total = self.seg_weight * parts.get("seg", zero) + self.cls_weight * parts.get("cls", zero)
         return outputs, {"loss": total, **parts}
 
