@@ -269,3 +269,57 @@ def test_series_choice_patterns():
     assert not SeriesChoice("*FLAIR*").picks(series) and not SeriesChoice("T1").picks(
         DicomSeries("3_AX_FLAIR", "1", "2", "MR", [], {"SeriesDescription": "AX FLAIR"})
     )
+
+
+@pytest.mark.parametrize("mask_bias", [None, 50.0])
+def test_save_masks_writes_a_seg_per_series_that_equals_the_png_masks(
+    multitask_checkpoint, study, tmp_path, capsys, mask_bias
+):
+    """Round trip: series → predict --save_masks → the SEG read back with highdicom and with
+    pydicom: its frames equal the PNG masks, its references the source SOP Instance UIDs. With
+    the mask head's bias at +50 every pixel is tumour, so the masks cannot all be empty."""
+    import highdicom as hd
+    import torch
+    from PIL import Image
+
+    checkpoint = multitask_checkpoint
+    if mask_bias is not None:
+        payload = load_checkpoint(checkpoint)
+        state = dict(payload["model_state"])
+        for key in ("seg_out.bias", "skip_score.bias"):
+            if key in state:
+                state[key] = torch.full_like(state[key], mask_bias)
+        payload["model_state"] = state
+        checkpoint = tmp_path / "boosted.pt"
+        save_checkpoint({k: v for k, v in payload.items() if k != "format"}, checkpoint)
+    folder, files = study
+    out = tmp_path / "masks"
+    document = run_json(
+        capsys, "--checkpoint", str(checkpoint), "--input", str(folder),
+        "--save_masks", str(out),
+    )  # fmt: skip
+    for record, key in zip(document["patients"], ("t1c", "flair"), strict=True):
+        seg_path = Path(record["segmentation_file"])
+        assert seg_path.parent == out / record["patient_id"]
+        pngs = [np.asarray(Image.open(f)) > 0 for f in record["mask_files"]]
+        if mask_bias is not None:
+            assert all(png.all() for png in pngs)
+        sources = [pydicom.dcmread(f) for f in files[key]]
+        uids = [ds.SOPInstanceUID for ds in sources]
+        segmentation = hd.seg.segread(seg_path)
+        pixels = segmentation.get_pixels_by_source_instance(
+            source_sop_instance_uids=uids, segment_numbers=[1]
+        )[..., 0]
+        np.testing.assert_array_equal(pixels > 0, np.stack(pngs))
+        raw = pydicom.dcmread(seg_path)
+        assert raw.Modality == "SEG" and int(raw.NumberOfFrames) == len(uids)
+        referenced = [
+            frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+            for frame in raw.PerFrameFunctionalGroupsSequence
+        ]
+        assert sorted(referenced) == sorted(uids)
+        assert raw.ReferencedSeriesSequence[0].SeriesInstanceUID == sources[0].SeriesInstanceUID
+        assert raw.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+        sidecar = json.loads(Path(record["sidecar_file"]).read_text())
+        assert sidecar["type_probabilities"] == pytest.approx(record["type_probabilities"])
+        assert sidecar["dicom_segmentation"]["sop_instance_uid"] == raw.SOPInstanceUID

@@ -40,6 +40,50 @@ def write_masks(prediction, patient: PatientInput, folder: Path) -> list[Path]:
     return written
 
 
+def write_series_segmentation(
+    prediction, patient: PatientInput, folder: Path, algorithm: dict
+) -> None:
+    """A DICOM series' masks as one DICOM Segmentation (``<series>_seg.dcm``, highdicom) and its
+    classification as a JSON sidecar beside it (``<series>_seg.json``); the record gets
+    ``segmentation_file`` and ``sidecar_file``, or ``segmentation_note`` saying why no SEG could
+    be written (sources without patient geometry, e.g. secondary captures): the PNG masks are
+    then the only masks. ``algorithm``: :func:`algorithm_identification`."""
+    from mritumor.inference.dicom_seg import (
+        SegmentationSourceError,
+        write_segmentation,
+        write_sidecar,
+    )
+
+    record = prediction.record
+    name = patient.series.name if patient.series and patient.series.name else stem(patient.source)
+    path = folder / f"{name}_seg.dcm"
+    try:
+        write_segmentation(
+            [(ref.image, ref.frame) for ref in prediction.used],
+            prediction.masks,
+            path,
+            algorithm_name=algorithm["name"],
+            algorithm_version=algorithm["version"],
+        )
+    except SegmentationSourceError as error:
+        record["segmentation_note"] = f"no DICOM SEG written: {error}"
+        return
+    record["segmentation_file"] = str(path)
+    record["sidecar_file"] = str(path.with_suffix(".json"))
+    # the sidecar holds the record as it stands, its own name and the SEG's UIDs
+    write_sidecar(record, path)
+
+
+def algorithm_identification(checkpoint, variant: str | None) -> dict:
+    """How a SEG names the model: "mritumor multitask <variant>", and the checkpoint's content
+    hash as its version (two checkpoints of one variant differ, and a copy is the same)."""
+    import hashlib
+
+    with open(checkpoint, "rb") as stream:
+        digest = hashlib.file_digest(stream, "sha256").hexdigest()[:16]
+    return {"name": f"mritumor multitask {variant or ''}".strip(), "version": f"sha256:{digest}"}
+
+
 def _write_mask_volume(volume: Path, used: list[SliceRef], masks, folder: Path) -> Path:
     import nibabel as nib
 

@@ -21,9 +21,11 @@ from mritumor.inference.inputs import SeriesChoice, discover
 from mritumor.inference.outputs import (
     STREAMED,
     ResultStream,
+    algorithm_identification,
     check_output,
     write_masks,
     write_output,
+    write_series_segmentation,
 )
 from mritumor.inference.predictor import Predictor
 from mritumor.inference.sequences import sequence_warning, trained_sequences
@@ -108,6 +110,7 @@ def predict(
 
         explainer = build_explainer(loaded, predictor.temperature)
     header = predictor.header()
+    algorithm = algorithm_identification(checkpoint, model.variant) if save_masks else {}
     stream = None
     if output is not None and output.suffix.lower() in STREAMED:
         stream = ResultStream(output, header, resume=resume)
@@ -139,6 +142,8 @@ def predict(
                 folder = Path(save_masks) / (patient.patient_id if many else "")
                 files = write_masks(prediction, patient, folder)
                 prediction.record["mask_files"] = [str(f) for f in files]
+                if patient.series is not None:
+                    write_series_segmentation(prediction, patient, folder, algorithm)
             if explainer is not None:
                 folder = Path(explain) / (patient.patient_id if many else "")
                 files = explain_patient(explainer, prediction, folder)
