@@ -174,6 +174,41 @@ def test_dicom_zip_in_slice_position_order(client, hierarchical_checkpoint, coho
     same_prediction(record, want)
 
 
+def test_zip_of_a_study_gives_one_result_per_series_and_the_seg(client, multitask_checkpoint, tmp_path):  # fmt: skip
+    """A PACS-like study (T1 post-contrast, FLAIR, localizer) zipped: one result per image
+    series, as predict gives it, the localizer skipped with its reason, and each series' DICOM
+    SEG downloadable from the answer (a data URL) referencing that series' instances."""
+    import pydicom
+
+    from dicom_factory import write_study
+
+    rng = np.random.default_rng(8)
+    files = write_study(tmp_path / "P1", [(rng.random((40, 40)) * 900).astype(np.uint16) for _ in range(3)])  # fmt: skip
+    data = zip_bytes({f"P1/{p.name}": p.read_bytes() for p in (tmp_path / "P1").iterdir()})
+    response = client.post(
+        "/predict", files=[("files", ("study.zip", data, "application/zip"))], data={"model": "multitask"}
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert [r["patient_id"] for r in answer["patients"]] == ["P1/3_T1_AX_POST_GAD", "P1/4_AX_FLAIR"]
+    (skipped,) = answer["skipped"]
+    assert "localizer" in skipped["reason"] and str(tmp_path) not in skipped["reason"]
+    want = expected(multitask_checkpoint, tmp_path / "P1", tmp_path)["patients"]
+    for record, reference, key in zip(answer["patients"], want, ("t1c", "flair"), strict=True):
+        same_prediction(record, reference)
+        assert "segmentation_file" not in record and "sidecar_file" not in record  # no server path
+        header, _, payload = record["segmentation_dicom"].partition(",")
+        assert header == "data:application/dicom;base64"
+        segmentation = pydicom.dcmread(io.BytesIO(base64.b64decode(payload)))
+        assert segmentation.Modality == "SEG"
+        referenced = {
+            item.ReferencedSOPInstanceUID
+            for item in segmentation.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+        }
+        assert referenced == {pydicom.dcmread(f).SOPInstanceUID for f in files[key]}
+        assert record["segmentation_name"] == f"{record['patient_id'].split('/')[1]}_seg.dcm"
+
+
 def test_nifti_volume(client, multitask_checkpoint, tmp_path):
     rng = np.random.default_rng(5)
     path = tmp_path / "t1c.nii.gz"

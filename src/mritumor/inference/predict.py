@@ -28,7 +28,7 @@ from mritumor.inference.outputs import (
     write_series_segmentation,
 )
 from mritumor.inference.predictor import Predictor
-from mritumor.inference.sequences import sequence_warning, trained_sequences
+from mritumor.inference.sequences import add_sequence_warning, trained_sequences
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,9 @@ def predict(
                 if stream is not None:
                     stream.skip(patient.patient_id, str(prediction))
                 continue
-            if patient.series is not None:
-                warning = sequence_warning(trained, patient.series.tags)
-                if warning:
-                    log.warning("%s: %s", patient.patient_id, warning)
-                    prediction.record["sequence_warning"] = warning
+            warning = add_sequence_warning(prediction.record, patient.series, trained)
+            if warning:
+                log.warning("%s: %s", patient.patient_id, warning)
             if save_masks is not None:
                 folder = Path(save_masks) / (patient.patient_id if many else "")
                 files = write_masks(prediction, patient, folder)

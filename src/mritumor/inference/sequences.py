@@ -82,3 +82,12 @@ def trained_sequences(checkpoint: dict) -> list[str]:
     by training since the data layer records them); [] for older checkpoints."""
     names = ((checkpoint.get("training_data") or {}).get("sequences")) or []
     return [n for n in (normalise(name) for name in names) if n]
+
+
+def add_sequence_warning(record: dict, series, trained: list[str]) -> str | None:
+    """Put :func:`sequence_warning` of a DICOM ``series`` (None: not a series) into ``record``
+    as ``sequence_warning``; returns it."""
+    warning = sequence_warning(trained, series.tags) if series is not None else None
+    if warning:
+        record["sequence_warning"] = warning
+    return warning

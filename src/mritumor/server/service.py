@@ -25,7 +25,9 @@ import numpy as np
 from mritumor import runfiles
 from mritumor.errors import DataError
 from mritumor.inference.inputs import discover
+from mritumor.inference.outputs import algorithm_identification, write_series_segmentation
 from mritumor.inference.predictor import PatientPrediction, Predictor
+from mritumor.inference.sequences import add_sequence_warning, trained_sequences
 from mritumor.models.loading import LoadedModel, load_model
 from mritumor.server.uploads import Limits, UploadError
 
@@ -51,6 +53,17 @@ class ModelEntry:
     card: dict
     explain_lock: threading.Lock = field(default_factory=threading.Lock)
     _explainer: object = None
+    _algorithm: dict | None = None
+
+    @property
+    def trained_sequences(self) -> list[str]:
+        return trained_sequences(self.loaded.checkpoint)
+
+    def algorithm(self) -> dict:
+        """How a DICOM SEG names this model (hashed once)."""
+        if self._algorithm is None:
+            self._algorithm = algorithm_identification(self.loaded.path, self.loaded.variant)
+        return self._algorithm
 
     def explainer(self):
         if self._explainer is None:
@@ -128,11 +141,19 @@ def predict_upload(
         patients = discover(path)
     except DataError as error:
         raise UploadError(_scrub(str(error), path, label), 415) from error
+    skipped = [
+        {
+            "patient_id": s["patient_id"],
+            "reason": _scrub(s["reason"], path if path.is_dir() else path.parent, label, path),
+        }
+        for p in patients
+        for s in p.skipped
+    ]
     n_slices = sum(len(p.slices) for p in patients)
     if n_slices > limits.max_slices:
         raise UploadError(f"{n_slices} slices in the upload; at most {limits.max_slices}", 413)
     root = path if path.is_dir() else path.parent
-    records, skipped = [], []
+    records = []
     for patient in patients:
         if cancelled():
             raise Cancelled()
@@ -150,12 +171,29 @@ def predict_upload(
         record = prediction.record
         record["input"] = label if len(patients) == 1 else f"{label}/{patient.patient_id}"
         _add_pictures(entry, prediction, images, explain)
+        add_sequence_warning(record, patient.series, entry.trained_sequences)
+        if prediction.masks is not None and patient.series is not None:
+            _add_segmentation(entry, prediction, patient, root.parent / "seg" / str(len(records)))
         records.append(record)
     if not records:
         raise UploadError(f"no patient could be predicted; first reason: {skipped[0]['reason']}", 422)  # fmt: skip
     model = entry.predictor.header()
     model["checkpoint"] = entry.name
     return {"model": model, "patients": records, "skipped": skipped}
+
+
+def _add_segmentation(entry: ModelEntry, prediction, patient, folder: Path) -> None:
+    """A DICOM series' DICOM SEG (as predict --save_masks writes it), handed back as a
+    downloadable data URL (``segmentation_dicom``, ``segmentation_name``); the server's own
+    paths leave the record."""
+    record = prediction.record
+    write_series_segmentation(prediction, patient, folder, entry.algorithm())
+    record.pop("sidecar_file", None)  # the answer itself is the sidecar's content
+    written = record.pop("segmentation_file", None)
+    if written:
+        data = base64.b64encode(Path(written).read_bytes()).decode("ascii")
+        record["segmentation_name"] = Path(written).name
+        record["segmentation_dicom"] = "data:application/dicom;base64," + data
 
 
 def _scrub(message: str, folder: Path, label: str, file: Path | None = None) -> str:

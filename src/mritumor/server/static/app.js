@@ -150,6 +150,14 @@ function predictionSet(record) {
     record.set_coverage ? ` (covers the true type ${fmt(100 * record.set_coverage)} % of the time)` : "");
 }
 
+function tumourSize(record) {
+  if (record.tumour_area_mm2 === undefined || record.tumour_area_mm2 === null) {
+    return `Predicted tumour area: ${record.tumour_area_px} px` + (record.size_note ? ` (${record.size_note})` : "");
+  }
+  const volume = record.tumour_volume_ml !== null && record.tumour_volume_ml !== undefined ? `, volume ${fmt(record.tumour_volume_ml)} mL` : "";
+  return `Predicted tumour area: ${fmt(record.tumour_area_mm2)} mm² (${record.tumour_area_px} px)${volume}`;
+}
+
 async function render(document_) {
   const section = $("result");
   section.replaceChildren();
@@ -165,7 +173,11 @@ async function render(document_) {
       block.append(el("p", {}, "Predicted grade: ", el("span", { class: "predicted", id: "predicted-grade" }, record.predicted_grade)));
       block.append(...bars("Grade probabilities (end to end)", record.grade_probabilities, record.predicted_grade));
     }
-    if (record.tumour_area_px !== undefined) block.append(el("p", {}, `Predicted tumour area: ${record.tumour_area_px} px`));
+    if (record.sequence_warning) block.append(el("p", { class: "warning", id: "sequence-warning" }, `Sequence: ${record.sequence_warning}.`));
+    if (record.tumour_area_px !== undefined) block.append(el("p", {}, tumourSize(record)));
+    if (record.segmentation_dicom) {
+      block.append(el("p", {}, el("a", { href: record.segmentation_dicom, download: record.segmentation_name, id: "segmentation-download" }, `Download the DICOM SEG (${record.segmentation_name})`)));
+    } else if (record.segmentation_note) block.append(el("p", { class: "muted" }, record.segmentation_note));
     if (record.tumour_found === false && record.predicted_type !== "no_tumour") block.append(el("p", { class: "warning", id: "no-tumour-found" }, "No tumour outlined in any slice: the type answer has no outlined tumour behind it."));
     if (record.abstain_reason) block.append(el("p", { class: "warning", id: "abstain-reason" }, `Answered "uncertain": ${record.abstain_reason}.`));
     const figures = el("div", { class: "slices" });
