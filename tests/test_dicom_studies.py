@@ -19,7 +19,7 @@ from mritumor.checkpoints import load_checkpoint, save_checkpoint
 from mritumor.cli import main
 from mritumor.data.readers import read_catalog, read_series
 from mritumor.data.splits import make_split
-from mritumor.inference.inputs import PatientInput, SeriesChoice, discover
+from mritumor.inference.inputs import PatientInput, InputChoice, discover
 from mritumor.inference.predictor import Predictor
 from mritumor.inference.sequences import sequence_warning, series_sequence
 from mritumor.models.loading import load_model
@@ -264,9 +264,9 @@ def test_series_choice_patterns():
     from mritumor.data.readers import DicomSeries
 
     series = DicomSeries("12_T1_AX_POST", "1", "2", "MR", [], {"SeriesDescription": "T1 AX POST"})
-    assert SeriesChoice("12").picks(series) and not SeriesChoice("1").picks(series)
-    assert SeriesChoice("t1 ax").picks(series) and SeriesChoice("*POST").picks(series)
-    assert not SeriesChoice("*FLAIR*").picks(series) and not SeriesChoice("T1").picks(
+    assert InputChoice("12").picks(series) and not InputChoice("1").picks(series)
+    assert InputChoice("t1 ax").picks(series) and InputChoice("*POST").picks(series)
+    assert not InputChoice("*FLAIR*").picks(series) and not InputChoice("T1").picks(
         DicomSeries("3_AX_FLAIR", "1", "2", "MR", [], {"SeriesDescription": "AX FLAIR"})
     )
 

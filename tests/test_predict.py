@@ -307,7 +307,7 @@ def test_nifti_volume_masks_keep_shape_affine_and_orientation(multitask_ckpt, tm
 
 def test_mask_volume_lines_up_with_the_slices_the_data_layer_reads(tmp_path):
     """Each written plane, read back by the data layer as a mask, is the 2-D mask given."""
-    from mritumor.inference.inputs import SliceRef
+    from mritumor.inference.inputs import PatientInput, SliceRef
     from mritumor.inference.outputs import _write_mask_volume
 
     path = tmp_path / "v.nii"
@@ -317,7 +317,8 @@ def test_mask_volume_lines_up_with_the_slices_the_data_layer_reads(tmp_path):
     masks[0][2:5, 7:20] = True  # (rows, columns) as io gives the slice: 30 × 20
     masks[1][10:25, 1:3] = True
     refs = [SliceRef(str(path), k, f"v.nii[{k}]") for k in range(2)]
-    written = _write_mask_volume(path, refs, masks, tmp_path / "out")
+    patient = PatientInput("v", path, refs, volume=path)
+    written = _write_mask_volume(patient, refs, masks, tmp_path / "out")
     assert written.name == "v_mask.nii"
     for k in range(2):
         np.testing.assert_array_equal(io.read_mask(written, k), masks[k])

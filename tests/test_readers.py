@@ -78,7 +78,8 @@ def test_nifti_volume_sliced_axially_with_mask(tmp_path: Path):
     assert list(table["frame"]) == [0, 1, 2, 3, 4]
     assert table["grade"].unique().tolist() == ["4"]
     assert table["mask"].str.endswith("t1_seg.nii.gz").all()
-    np.testing.assert_allclose(io.read_image(table["image"][2], 2)[0], volume[:, :, 2].T)
+    # The identity affine makes the voxel axes R, A, S: in LPS order x and y run backwards.
+    np.testing.assert_allclose(io.read_image(table["image"][2], 2)[0], volume[::-1, ::-1, 2].T)
     assert (
         io.read_mask(table["mask"][2], 2).sum() == 16
         and io.read_mask(table["mask"][0], 0).sum() == 0

@@ -41,10 +41,17 @@ or the NIfTI voxel size), the patient's tumour_found (a mask on any slice) and
 tumour_volume_ml (areas × slice spacing, for a DICOM series or NIfTI volume; without a known
 spacing null, with a size_note saying why); the patient's type_probabilities are the mean of its slices'. Probabilities use the checkpoint's temperature unless --no_calibration.
 
+NIfTI volumes are reoriented to the closest LPS voxel order before they are cut into axial
+planes (anterior at the top, the patient's right on the left, as DICOM viewers show them),
+whatever the orientation they were stored in (a sagittal MPRAGE gives axial slices).
+
 --save_masks DIR (multi-task checkpoints with a segmentation head): the predicted masks at the
-input's original size, <slice>_mask.png (0/255) per slice, or for a NIfTI input one
-<volume>_mask.nii[.gz] with the input's shape, affine and header (uint8 0/1); several patients
-get one sub-folder each. --explain DIR: pixel occlusion and Grad-CAM overlays of the three most
+input's original size, <slice>_mask.png (0/255) per slice; for a NIfTI input one
+<volume>_mask.nii[.gz] in the input's own voxel order, shape, affine and header (uint8 0/1);
+for a DICOM series also <series>_seg.dcm, a DICOM Segmentation (highdicom: one segment
+"tumour", referencing the series' instances and frame of reference, the model named in its
+algorithm identification) with <series>_seg.json beside it (the series' classification and
+the SEG's UIDs); several patients get one sub-folder each. --explain DIR: pixel occlusion and Grad-CAM overlays of the three most
 important slices and a slice-importance chart per patient (mritumor.explain).
 
 --engine auto (default) runs the network with ONNX Runtime when it is installed (pip install
@@ -151,6 +158,15 @@ def register(subcommands) -> None:
         help="DICOM: analyse images of other modalities than MR too (refused by default: the "
         "models read brain MRI)",
     )
+    flag(
+        parser,
+        "--volume_index",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a 4-D NIfTI file given as --input (several volumes: time points, b-values, "
+        "sequences): predict volume N (0-based); refused without it",
+    )
     add_tta_flag(parser)
     parser.set_defaults(handler=run)
 
@@ -176,6 +192,7 @@ def run(args: argparse.Namespace) -> None:
         series=args.series,
         any_modality=args.any_modality,
         json_stdout=args.json,
+        volume_index=args.volume_index,
     )
     if document["output"]:  # otherwise stdout holds the JSON: nothing else may go there
         resumed = f" ({document['resumed']} kept from before)" if document["resumed"] else ""

@@ -56,16 +56,19 @@ class PatientInput:
     skipped: list[dict] = field(default_factory=list)
     pixel_spacing: tuple[float, float] | None = None  # (row, column) mm of the original image
     slice_spacing: float | None = None  # mm between adjacent slices, when they form a stack
+    volume_index: int | None = None  # which volume of a 4-D NIfTI file (--volume_index)
 
 
 @dataclass(frozen=True)
-class SeriesChoice:
-    """Which DICOM series to analyse: ``pattern`` a SeriesNumber ("5") or a case-insensitive
-    pattern of the series description ("*FLAIR*", "t1 post": a plain word matches anywhere);
-    ``any_modality``: analyse images of other modalities than MR too."""
+class InputChoice:
+    """What to read of an input: which DICOM series (``pattern``: a SeriesNumber, "5", or a
+    case-insensitive pattern of the series description, "*FLAIR*", "t1 post": a plain word
+    matches anywhere; ``any_modality``: images of other modalities than MR too) and which
+    volume of a 4-D NIfTI file (``volume_index``)."""
 
     pattern: str | None = None
     any_modality: bool = False
+    volume_index: int | None = None  # 4-D NIfTI: which volume (--volume_index)
 
     def picks(self, series: readers.DicomSeries) -> bool:
         if self.pattern is None:
@@ -80,11 +83,11 @@ class SeriesChoice:
         return wanted in text
 
 
-def discover(path: str | Path, choice: SeriesChoice | None = None) -> list[PatientInput]:
+def discover(path: str | Path, choice: InputChoice | None = None) -> list[PatientInput]:
     """The patients (DICOM: series) of ``--input`` (see the module docstring), in natural
     order; ``choice``: which DICOM series. Raises :class:`DataError` for a missing path, an
     empty folder or a file type that is not an image."""
-    choice = choice or SeriesChoice()
+    choice = choice or InputChoice()
     path = Path(path)
     if not path.exists():
         raise DataError(
@@ -141,15 +144,13 @@ def _patient_folders(root: Path) -> list[Path]:
     return found
 
 
-def _file_patient(path: Path, choice: SeriesChoice) -> PatientInput:
+def _file_patient(path: Path, choice: InputChoice) -> PatientInput:
     suffix = io.suffix_of(path)
     if suffix in io.NIFTI_SUFFIXES:
-        try:
-            depth = io.nifti_slice_count(path)
-        except Exception as error:  # nibabel raises many types on bad headers
-            raise DataError(f"--input {path} is not a readable NIfTI volume ({error})") from error
-        slices = [SliceRef(str(path), k, f"{path.name}[{k}]") for k in range(depth)]
-        return PatientInput(stem(path), path, slices, volume=path)
+        volume = read_volume(path, choice.volume_index)
+        slices = [SliceRef(str(path), k, f"{path.name}[{k}]") for k in range(volume.n_axial)]
+        patient = PatientInput(stem(path), path, slices, volume=path)
+        return with_volume_geometry(patient, volume, choice.volume_index)
     if suffix in io.DICOM_SUFFIXES or (not suffix and io.is_dicom_file(path)):
         series, problems = readers.read_series([path], choice.any_modality)
         if not series:
@@ -165,21 +166,20 @@ def _file_patient(path: Path, choice: SeriesChoice) -> PatientInput:
     )
 
 
-def _folder_patients(folder: Path, patient_id: str, choice: SeriesChoice) -> list[PatientInput]:
+def _folder_patients(folder: Path, patient_id: str, choice: InputChoice) -> list[PatientInput]:
     """A patient folder's units: one per DICOM series picked, else the folder itself. The
     data layer's own reading, so prediction reads a folder exactly as training did."""
     found = readers.patient_series(folder, choice.any_modality)
     if found is None:
         rows, problems = readers.patient_rows(folder)
-        return [
-            PatientInput(
-                patient_id,
-                folder,
-                [_slice_ref(r, folder) for r in rows],
-                volume=_single_volume(rows),
-                problems=[str(p) for p in problems],
-            )
-        ]
+        patient = PatientInput(
+            patient_id,
+            folder,
+            [_slice_ref(r, folder) for r in rows],
+            volume=_single_volume(rows),
+            problems=[str(p) for p in problems],
+        )
+        return [patient]
     series, problems = found
     skipped = [_skipped(folder, patient_id, p.path, p.reason) for p in problems]
     picked = []
@@ -244,27 +244,36 @@ def stem(path: Path | str) -> str:
     return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
 
 
-def read_volume(path: Path) -> np.ndarray:
-    """A NIfTI volume's voxels (x, y, z), read once. io.read_image opens the file again for
-    every slice, and a .nii.gz is then decompressed again up to that slice: 126 ms a slice
-    for a 240×240×155 volume, against 0.3 s for all of it."""
-    import nibabel as nib
-
+def read_volume(path: Path, volume_index: int | None = None) -> io.NiftiVolume:
+    """A NIfTI volume read once, reoriented to the data layer's LPS voxel order
+    (:func:`mritumor.data.io.read_nifti`: axial planes whatever the storage). io.read_image
+    opens the file again for every slice, and a .nii.gz is then decompressed again up to that
+    slice: 126 ms a slice for a 240×240×155 volume, against 0.3 s for all of it."""
     try:
-        data = np.asarray(nib.load(str(path)).dataobj)  # applies scl_slope/inter, as io does
+        return io.read_nifti(path, volume_index)
+    except io.SliceReadError as error:
+        raise DataError(f"{path}: {error}") from error
     except Exception as error:  # nibabel and gzip raise many types on damaged files
         raise DataError(f"{path}: unreadable NIfTI volume ({error})") from error
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(f"{path}: NIfTI volume must be 3-D, got shape {data.shape}")
-    return data
 
 
-def plane(volume: np.ndarray, ref: SliceRef) -> np.ndarray:
-    """Axial plane ``ref.frame`` exactly as io.read_image gives it: (1, y, x) float32, the
-    transpose of volume[:, :, k] (tests/test_predict.py compares the two through the cache)."""
-    plane = np.ascontiguousarray(volume[:, :, ref.frame].T, dtype=np.float32)[None]
+def with_volume_geometry(
+    patient: PatientInput, volume: io.NiftiVolume, volume_index: int | None
+) -> PatientInput:
+    """The patient with its NIfTI volume's voxel sizes: an axial plane's rows run along y and
+    its columns along x, the planes are z apart."""
+    size_x, size_y, size_z = volume.zooms
+    if size_x and size_y:
+        patient.pixel_spacing = (float(size_y), float(size_x))
+    patient.slice_spacing = float(size_z) if size_z else None
+    patient.volume_index = volume_index
+    return patient
+
+
+def plane(volume: io.NiftiVolume, ref: SliceRef) -> np.ndarray:
+    """Axial plane ``ref.frame`` exactly as io.read_image gives it: (1, y, x) float32
+    (tests/test_predict.py compares the two through the cache)."""
+    plane = np.ascontiguousarray(volume.axial(ref.frame), dtype=np.float32)[None]
     if not np.isfinite(plane).all():
         raise io.SliceReadError("image contains NaN or infinite values")
     return plane

@@ -29,7 +29,7 @@ def write_masks(prediction, patient: PatientInput, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     masks = prediction.masks
     if patient.volume is not None:
-        return [_write_mask_volume(patient.volume, prediction.used, masks, folder)]
+        return [_write_mask_volume(patient, prediction.used, masks, folder)]
     written = []
     for ref, mask in zip(prediction.used, masks, strict=True):
         relative = Path(file_name(ref))
@@ -84,25 +84,28 @@ def algorithm_identification(checkpoint, variant: str | None) -> dict:
     return {"name": f"mritumor multitask {variant or ''}".strip(), "version": f"sha256:{digest}"}
 
 
-def _write_mask_volume(volume: Path, used: list[SliceRef], masks, folder: Path) -> Path:
+def _write_mask_volume(patient: PatientInput, used: list[SliceRef], masks, folder: Path) -> Path:
+    """The masks as a NIfTI volume over the input's own voxel grid: planes were cut from the
+    volume reoriented to LPS (io.read_nifti), so they are put back there and mapped to the
+    file's voxel order; shape, affine and voxel sizes are the input's (a 4-D input's chosen
+    volume gives a 3-D mask)."""
     import nibabel as nib
 
-    image = nib.load(str(volume))
-    data = np.zeros(image.shape, dtype=np.uint8)
+    volume = io.read_nifti(patient.volume, patient.volume_index)
+    lps = np.zeros(volume.data.shape, dtype=np.uint8)
     for ref, mask in zip(used, masks, strict=True):
-        # io reads axial plane k as volume[:, :, k].T (rows anterior→posterior): undo it
-        if data.ndim == 4:
-            data[:, :, ref.frame, 0] = mask.T
-        else:
-            data[:, :, ref.frame] = mask.T
-    header = image.header.copy()
+        lps[:, :, ref.frame] = mask.T  # an axial plane is data[:, :, k].T: undo it
+    data = volume.to_input_geometry(lps)
+    header = volume.header.copy()
     header.set_data_dtype(np.uint8)
+    header.set_data_shape(data.shape)
     if hasattr(header, "set_slope_inter"):
         header.set_slope_inter(1, 0)  # the input's intensity scaling does not apply to a mask
-    result = type(image)(data, image.affine, header)
-    suffix = io.suffix_of(volume)
+    image = nib.Nifti1Image if isinstance(header, nib.Nifti1Header) else nib.Nifti2Image
+    result = image(data, volume.input_affine, header)
+    suffix = io.suffix_of(patient.volume)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{stem(volume)}_mask{suffix}"
+    path = folder / f"{stem(patient.volume)}_mask{suffix}"
     nib.save(result, str(path))
     return path
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mritumor import runfiles
 from mritumor.errors import DataError, MritumorError
-from mritumor.inference.inputs import SeriesChoice, discover
+from mritumor.inference.inputs import InputChoice, discover
 from mritumor.inference.outputs import (
     STREAMED,
     ResultStream,
@@ -51,6 +51,7 @@ def predict(
     series: str | None = None,
     any_modality: bool = False,
     json_stdout: bool = False,
+    volume_index: int | None = None,
 ) -> dict:
     """Predict every patient of ``input``; write the results (see :func:`write_output`):
     ``output`` given → there; else one patient → JSON on stdout, several → ``predictions.csv``
@@ -61,7 +62,8 @@ def predict(
     (``model``, ``patients``, ``skipped``, and ``resumed``: patients kept from the file) with
     ``output`` (the file written, or None for stdout). ``coverage``/``abstain``/``tta``: see
     :class:`~mritumor.inference.predictor.Predictor`; ``series``/``any_modality``: which
-    DICOM series (see :class:`~mritumor.inference.inputs.SeriesChoice`). A DICOM series whose
+    DICOM series, ``volume_index`` which volume of a 4-D NIfTI file (see
+    :class:`~mritumor.inference.inputs.InputChoice`). A DICOM series whose
     tags name another sequence than the model was trained on gets a ``sequence_warning``."""
     if json_stdout and output is not None:
         raise MritumorError("--json prints the JSON document on stdout; --output writes a file: give one of them")  # fmt: skip
@@ -93,7 +95,7 @@ def predict(
             f"--explain explains class predictions; {checkpoint} is {model.describe()}, which "
             "has no classification head"
         )
-    patients = discover(input, SeriesChoice(series, any_modality))
+    patients = discover(input, InputChoice(series, any_modality, volume_index))
     many = len(patients) > 1
     trained = (
         trained_sequences(model.checkpoint)  # a LoadedModel (torch engine)

@@ -34,7 +34,15 @@ from mritumor.errors import DataError
 from mritumor.inference import arrays
 from mritumor.inference.checks import check_channels
 from mritumor.inference.engines import TorchEngine, fold_batchnorm, select_engine
-from mritumor.inference.inputs import SUPPORTED, PatientInput, SliceRef, plane, read_volume, where
+from mritumor.inference.inputs import (
+    SUPPORTED,
+    PatientInput,
+    SliceRef,
+    plane,
+    read_volume,
+    where,
+    with_volume_geometry,
+)
 from mritumor.inference.tta import TTAEngine, check_views
 
 log = logging.getLogger(__name__)
@@ -181,9 +189,12 @@ class Predictor:
         bag is chosen again among the others, as the cache's dropped slices are."""
         candidates = list(patient.slices)
         decoded: dict[SliceRef, tuple] = {}
-        decode = partial(
-            self._decode, volume=read_volume(patient.volume) if patient.volume else None
-        )
+        volume = None
+        if patient.volume is not None:
+            volume = read_volume(patient.volume, patient.volume_index)
+            if patient.pixel_spacing is None:  # a patient folder's volume: sizes known now
+                with_volume_geometry(patient, volume, patient.volume_index)
+        decode = partial(self._decode, volume=volume)
         while True:
             chosen = [candidates[i] for i in self._positions(len(candidates))]
             todo = [ref for ref in chosen if ref not in decoded]
@@ -204,7 +215,7 @@ class Predictor:
         images = np.stack([decoded[ref][1] for ref in chosen])
         return images, chosen, [decoded[ref][2] for ref in chosen]
 
-    def _decode(self, ref: SliceRef, volume: np.ndarray | None = None):
+    def _decode(self, ref: SliceRef, volume: io.NiftiVolume | None = None):
         """(raw channels, preprocessed (C, S, S) float32 or None, (H, W)), or the reason the
         slice cannot be read. Runs in threads: decoding and preprocessing release the GIL."""
         try:
