@@ -15,8 +15,10 @@
 #            external_dev (figshare alone; figshare + LGG = the loso fold holding external_dev out)
 #   multi    the cpu recipe's variant F on figshare + LGG's post-contrast gliomas
 #            (benchmarks/sources/figshare_lgg.yaml), then bench_external on external_dev
+#   ssl      SimCLR (cpu recipe, 6 epochs) on every figshare + LGG slice, then multi's training
+#            from that encoder, then bench_external
 set -euo pipefail
-WHAT=${1:?base|site|external|blocks|adapt|loso|quick|multi}
+WHAT=${1:?base|site|external|blocks|adapt|loso|quick|multi|ssl}
 OUT=${2:-runs/x}
 SHARED=${SHARED:-../shared/data}
 MRI=${MRI:-.venv/bin/mritumor}
@@ -95,4 +97,12 @@ PYEOF
       --sources benchmarks/sources/figshare_lgg.yaml --outdir "$OUT/F_multi"
     timed external_multi "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi/best.pt" \
       --data_root "$SHARED/external_dev" --out "$OUT/ext/F_multi.json" ;;
+  ssl)
+    timed ssl_multi "$MRI" -q pretrain --recipe cpu --epochs 6 --seed 0 \
+      --sources benchmarks/sources/figshare_lgg_unlabelled.yaml --outdir "$OUT/ssl_multi"
+    timed F_multi_ssl "$MRI" -q train-multitask --recipe cpu --variant F --seed 0 \
+      --sources benchmarks/sources/figshare_lgg.yaml --ssl_ckpt "$OUT/ssl_multi/simclr_pretrain.pt" \
+      --outdir "$OUT/F_multi_ssl"
+    timed external_multi_ssl "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi_ssl/best.pt" \
+      --data_root "$SHARED/external_dev" --out "$OUT/ext/F_multi_ssl.json" ;;
 esac

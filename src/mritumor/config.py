@@ -103,6 +103,7 @@ class DataConfig(FlagConfig):
     data_root: str | Path | list | None = None  # a list: several sources (--data_root twice)
     source_name: list | None = None  # one name per data_root (--source_name)
     sources: str | None = None  # a YAML file of sources (mritumor.data.sources)
+    sequence: str | None = None  # MR sequence of rows whose source does not say (--sequence)
     format: str | None = None
     strict: bool = False
     image_size: int = 224

@@ -138,6 +138,15 @@ def add_data_flags(
             "(renames, e.g. astrocytoma: glioma), keep (column: [values]) and masks (false: "
             "classification only); see mritumor.data.sources",
         )
+        flag(
+            parser,
+            "--sequence",
+            default=None,
+            help="the MR sequence of the training images when their source does not name it "
+            "(e.g. 'T1 post-contrast'; Figshare's reader and LGG's channels say it themselves): "
+            "recorded in the checkpoint, so that predict warns about a DICOM series of another "
+            "sequence",
+        )
     flag(
         parser,
         "--format",

@@ -16,6 +16,7 @@ from mritumor.data.cache import Preprocessing, SliceCache, infer_channels
 from mritumor.data.catalog import Catalog
 from mritumor.data.labels import LabelSpace
 from mritumor.data.readers import read_catalog
+from mritumor.data.sequences import normalise
 from mritumor.data.sources import MULTI_SOURCE, read_sources, source_specs
 from mritumor.data.splits import Split, load_split, make_split
 from mritumor.errors import DataError
@@ -76,8 +77,9 @@ def prepare_data(
     progress: bool = True,
     source_name=None,
     sources: str | Path | None = None,
+    sequence: str | None = None,
 ) -> PreparedData:
-    catalog = read_data(data_root, format, strict, source_name, sources)
+    catalog = with_sequence(read_data(data_root, format, strict, source_name, sources), sequence)
     channels = channels or infer_channels(catalog)
     prep = Preprocessing(image_size=image_size, channels=channels, intensity=intensity)
     cache = SliceCache.build(catalog, prep, cache_dir=cache_dir, strict=strict, progress=progress)
@@ -127,4 +129,20 @@ def prepare_data_for(
         progress=progress,
         source_name=data.source_name,
         sources=data.sources,
+        sequence=data.sequence,
     )
+
+
+def with_sequence(catalog: Catalog, sequence: str | None) -> Catalog:
+    """``--sequence``: the MR sequence of the rows whose source does not name one (a folder
+    tree, a manifest without a sequence column), recorded in the checkpoint and checked by
+    predict against a DICOM series' own tags."""
+    if sequence is None:
+        return catalog
+    table = catalog.table
+    known = table["sequence"] if "sequence" in table.columns else None
+    table["sequence"] = [
+        given if known is not None and normalise(given) else normalise(sequence)
+        for given in (known if known is not None else [None] * len(table))
+    ]
+    return catalog

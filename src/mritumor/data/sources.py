@@ -32,11 +32,12 @@ import pandas as pd
 import yaml
 
 from mritumor.data.catalog import Catalog, check_not_empty
+from mritumor.data.sequences import normalise, picked_channel_sequence
 from mritumor.errors import DataError
 
 MULTI_SOURCE = "multi"  # Catalog.source of a combined catalog
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
-_SPEC_KEYS = ("data_root", "name", "format", "channel", "types", "keep", "masks")
+_SPEC_KEYS = ("data_root", "name", "format", "channel", "types", "keep", "masks", "sequence")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class SourceSpec:
     types: dict[str, str] = field(default_factory=dict)  # tumour type renames
     keep: dict[str, list] = field(default_factory=dict)  # column → values to keep
     masks: bool = True  # False: the source's masks are ignored (classification only)
+    sequence: str | None = None  # the MR sequence of its images, when the reader cannot tell
 
     @property
     def resolved_name(self) -> str:
@@ -116,6 +118,7 @@ def read_sources_file(path: str | Path) -> list[SourceSpec]:
                 {str(k): str(v) for k, v in types.items()},
                 {str(k): v if isinstance(v, list) else [v] for k, v in keep.items()},
                 bool(entry.get("masks", True)),
+                entry.get("sequence"),
             )
         )
     return specs
@@ -163,6 +166,10 @@ def shape_source(table: pd.DataFrame, spec: SourceSpec, name: str) -> pd.DataFra
     if not spec.masks:
         table["mask"] = None
     table["channel"] = -1 if spec.channel is None else spec.channel
+    if spec.channel is not None and "channels" in table.columns:  # the picked channel's sequence
+        table["sequence"] = [picked_channel_sequence(c, spec.channel) for c in table["channels"]]
+    if spec.sequence is not None:
+        table["sequence"] = normalise(spec.sequence)
     table["origin"] = table["source"]
     table["source"] = name
     family = table["patient_family"] if "patient_family" in table.columns else table["patient_id"]

@@ -13,21 +13,8 @@ from __future__ import annotations
 
 import re
 
-T1_POST = "T1 post-contrast"
-# the names readers and manifests use for the same sequences
-ALIASES = {
-    "t1c+": T1_POST,
-    "t1c": T1_POST,
-    "t1ce": T1_POST,
-    "t1gd": T1_POST,
-    "t1 post-contrast": T1_POST,
-    "post-contrast": T1_POST,
-    "t1": "T1",
-    "pre-contrast": "T1",
-    "t2": "T2",
-    "flair": "FLAIR",
-    "t2-flair": "FLAIR",
-}
+from mritumor.data.sequences import T1_POST, normalise
+
 _WORDS = [  # first match wins: the more specific names first
     ("FLAIR", r"FLAIR|\bDARK[ _-]?FLUID\b|\bT2[ _-]?IR\b"),
     ("DWI", r"\bDWI\b|DIFFUSION|\bTRACE\b|\bDTI\b|\bADC\b"),
@@ -36,14 +23,6 @@ _WORDS = [  # first match wins: the more specific names first
     ("T1", r"T1|MPRAGE|MP[ _-]RAGE|SPGR|BRAVO|\bTFE\b|\bVIBE\b"),
 ]
 _CONTRAST = r"POST|GAD|\bGD\b|\+ ?C\b|\bC ?\+|\bT1 ?C\b|T1CE|CONTRAST|\bCE\b|\+GD|\bDOTA"
-
-
-def normalise(name: str | None) -> str | None:
-    """A sequence name as a reader or manifest writes it → the name used here."""
-    if name is None or not str(name).strip():
-        return None
-    text = str(name).strip()
-    return ALIASES.get(text.lower(), text)
 
 
 def series_sequence(tags: dict) -> str | None:

@@ -31,6 +31,7 @@ from mritumor.data.device_data import DeviceBagLoader
 from mritumor.data.fast_path import batch_augment, training_data_device, training_transform
 from mritumor.data.labels import LabelSpace
 from mritumor.data.prepare import PreparedData, prepare_data_for
+from mritumor.data.sequences import training_data
 from mritumor.data.splits import Split, make_folds, sample_labelled_patients
 from mritumor.evaluation.calibration import fit_temperature
 from mritumor.evaluation.conformal import check_options
@@ -425,6 +426,7 @@ def checkpoint_payload(
         },
         "config": config.scalar_flags(),
         "metadata": run_metadata(),
+        "training_data": training_data(data.catalog.subset(split.train).table),
     }
 
 

@@ -34,6 +34,7 @@ from mritumor.data.device_data import DeviceSliceLoader
 from mritumor.data.fast_path import batch_augment, training_data_device, training_transform
 from mritumor.data.labels import LabelSpace
 from mritumor.data.prepare import PreparedData, prepare_data_for
+from mritumor.data.sequences import training_data
 from mritumor.data.sources import source_balanced_weights
 from mritumor.data.splits import Split, leave_one_source_out
 from mritumor.errors import DataError
@@ -487,4 +488,5 @@ def checkpoint_payload(
         "split": {"train": split.train, "val": split.val, "test": split.test},
         "config": config.scalar_flags(),
         "metadata": run_metadata(),
+        "training_data": training_data(data.catalog.subset(split.train).table),
     }

@@ -9,6 +9,7 @@ import numpy as np
 from mritumor.data import io
 from mritumor.data.catalog import Catalog, Problem, make_table, natural_key
 from mritumor.data.readers.common import walk_files
+from mritumor.data.sequences import T1_POST
 
 FIGSHARE_LABELS = {1: "meningioma", 2: "glioma", 3: "pituitary"}
 
@@ -28,7 +29,12 @@ def read_figshare_mat(root: Path) -> Catalog:
         try:
             with h5py.File(path, "r") as handle:
                 rows.append(
-                    {**_figshare_header(handle, path), "image": str(path), "mask": str(path)}
+                    {
+                        **_figshare_header(handle, path),
+                        "image": str(path),
+                        "mask": str(path),
+                        "sequence": T1_POST,  # the release: T1-weighted after contrast
+                    }
                 )
         except io.SliceReadError as error:
             problems.append(Problem(str(path), str(error)))

@@ -7,9 +7,13 @@ from pathlib import Path
 import pandas as pd
 
 from mritumor.data.catalog import Catalog, Problem, make_table, natural_key
+from mritumor.data.sequences import picked_channel_sequence
 from mritumor.errors import DataError
 
 LGG_TYPES = {1: "astrocytoma", 2: "oligoastrocytoma", 3: "oligodendroglioma"}
+# the three channels of every kaggle_3m image, in order (its README: pre-contrast, FLAIR,
+# post-contrast)
+LGG_CHANNELS = "pre-contrast,FLAIR,post-contrast"
 LGG_GRADES = {1: "2", 2: "3"}  # data.csv neoplasm_histologic_grade code → WHO grade
 
 
@@ -87,10 +91,13 @@ def read_lgg_kaggle(root: Path) -> Catalog:
                     "tumor_type": LGG_TYPES[type_code],
                     "grade": grade,
                     "source": "lgg_kaggle",
+                    "channels": LGG_CHANNELS,
                     "case_id": case.name,
                     "slice_index": int(slice_number) if slice_number.isdigit() else -1,
                 }
             )
+    for row in rows:
+        row["sequence"] = picked_channel_sequence(LGG_CHANNELS, None)
     return Catalog(make_table(rows), "lgg_kaggle", root, problems)
 
 

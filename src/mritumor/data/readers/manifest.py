@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from mritumor.data.catalog import Catalog, Problem, make_table, normalise_grade
+from mritumor.data.sequences import picked_channel_sequence
 from mritumor.errors import DataError
 
 
@@ -58,6 +59,9 @@ def read_manifest(path: Path) -> Catalog:
         table.loc[lost, "mask"] = None
     table = _drop_repeated_slices(table, csv_path, problems).drop(columns="_line")
     table["source"] = table["source"] if "source" in table.columns else "manifest"
+    if "sequence" not in table.columns and "channels" in table.columns:
+        # a manifest that names its images' channels (LGG: pre-contrast, FLAIR, post-contrast)
+        table["sequence"] = [picked_channel_sequence(c, None) for c in table["channels"]]
     table = make_table(table.to_dict("records"))
     table = _order_within_patients(table)
     return Catalog(table, "manifest", csv_path.parent, problems)
