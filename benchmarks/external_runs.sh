@@ -17,8 +17,11 @@
 #            (benchmarks/sources/figshare_lgg.yaml), then bench_external on external_dev
 #   ssl      SimCLR (cpu recipe, 6 epochs) on every figshare + LGG slice, then multi's training
 #            from that encoder, then bench_external
+#   ssl_quick the same comparison at the cpu-quick budget: SimCLR (cpu-quick) on every figshare
+#            + LGG slice; variant F on figshare + LGG from scratch and from that encoder;
+#            bench_external of both
 set -euo pipefail
-WHAT=${1:?base|site|external|blocks|adapt|loso|quick|multi|ssl}
+WHAT=${1:?base|site|external|blocks|adapt|loso|quick|multi|ssl|ssl_quick}
 OUT=${2:-runs/x}
 SHARED=${SHARED:-../shared/data}
 MRI=${MRI:-.venv/bin/mritumor}
@@ -105,4 +108,16 @@ PYEOF
       --outdir "$OUT/F_multi_ssl"
     timed external_multi_ssl "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi_ssl/best.pt" \
       --data_root "$SHARED/external_dev" --out "$OUT/ext/F_multi_ssl.json" ;;
+  ssl_quick)
+    timed ssl_quick "$MRI" -q pretrain --recipe cpu-quick --seed 0 \
+      --sources benchmarks/sources/figshare_lgg_unlabelled.yaml --outdir "$OUT/ssl_quick"
+    timed quick_multi "$MRI" -q train-multitask --recipe cpu-quick --variant F --seed 0 \
+      --sources benchmarks/sources/figshare_lgg.yaml --outdir "$OUT/quick_multi"
+    timed quick_multi_ssl "$MRI" -q train-multitask --recipe cpu-quick --variant F --seed 0 \
+      --sources benchmarks/sources/figshare_lgg.yaml --ssl_ckpt "$OUT/ssl_quick/simclr_pretrain.pt" \
+      --outdir "$OUT/quick_multi_ssl"
+    for model in quick_multi quick_multi_ssl; do
+      "$PY" benchmarks/bench_external.py --checkpoint "$OUT/$model/best.pt" \
+        --data_root "$SHARED/external_dev" --out "$OUT/ext/$model.json"
+    done ;;
 esac
