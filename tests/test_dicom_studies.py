@@ -19,7 +19,7 @@ from mritumor.checkpoints import load_checkpoint, save_checkpoint
 from mritumor.cli import main
 from mritumor.data.readers import read_catalog, read_series
 from mritumor.data.splits import make_split
-from mritumor.inference.inputs import PatientInput, InputChoice, discover
+from mritumor.inference.inputs import InputChoice, PatientInput, discover
 from mritumor.inference.predictor import Predictor
 from mritumor.inference.sequences import sequence_warning, series_sequence
 from mritumor.models.loading import load_model
@@ -323,3 +323,24 @@ def test_save_masks_writes_a_seg_per_series_that_equals_the_png_masks(
         sidecar = json.loads(Path(record["sidecar_file"]).read_text())
         assert sidecar["type_probabilities"] == pytest.approx(record["type_probabilities"])
         assert sidecar["dicom_segmentation"]["sop_instance_uid"] == raw.SOPInstanceUID
+
+
+def test_csv_rows_carry_series_sizes_and_warnings(multitask_checkpoint, study, tmp_path, capsys):
+    import pandas as pd
+
+    payload = load_checkpoint(multitask_checkpoint)
+    payload["training_data"] = {"sequences": ["T1 post-contrast"]}
+    checkpoint = tmp_path / "t1c.pt"
+    save_checkpoint({k: v for k, v in payload.items() if k != "format"}, checkpoint)
+    folder, _ = study
+    out = tmp_path / "out.csv"
+    capsys.readouterr()
+    assert main(["-q", "predict", "--engine", "torch", "--checkpoint", str(checkpoint), "--input", str(folder), "--output", str(out)]) == 0  # fmt: skip
+    rows = pd.read_csv(out).fillna("")
+    assert rows["series"].tolist() == ["3_T1_AX_POST_GAD", "4_AX_FLAIR"]
+    assert rows["sequence_warning"].tolist()[0] == "" and "FLAIR" in rows["sequence_warning"].tolist()[1]  # fmt: skip
+    # write_study's slices: PixelSpacing 0.5 × 0.5 mm, 5 mm apart
+    np.testing.assert_allclose(rows["tumour_area_mm2"], rows["tumour_area_px"] * 0.25)
+    np.testing.assert_allclose(rows["tumour_volume_ml"], rows["tumour_area_px"] * 0.25 * 5 / 1000)
+    slices = pd.read_csv(tmp_path / "out_slices.csv")
+    np.testing.assert_allclose(slices["tumour_area_mm2"], slices["tumour_area_px"] * 0.25)

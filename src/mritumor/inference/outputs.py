@@ -118,6 +118,8 @@ def patient_rows(records: list[dict]) -> list[dict]:
     rows = []
     for record in records:
         row = {k: record.get(k) for k in PATIENT_COLUMNS}
+        row["series"] = (record.get("series") or {}).get("name") or ""
+        row["sequence_warning"] = record.get("sequence_warning", "")
         for name, p in (record.get("type_probabilities") or {}).items():
             row[f"p_type_{name}"] = p
         if "grade_probabilities" in record:
@@ -131,6 +133,11 @@ def patient_rows(records: list[dict]) -> list[dict]:
             row["tumour_area_px"] = record["tumour_area_px"]
             row["n_slices_with_tumour"] = sum(1 for s in slices if s["tumour_area_px"] > 0)
             row["tumour_found"] = record.get("tumour_found")
+            # every row has these columns (a streamed CSV's header is its first row's keys)
+            row["tumour_area_mm2"] = record.get("tumour_area_mm2")
+            row["tumour_volume_ml"] = record.get("tumour_volume_ml")
+            row["size_note"] = record.get("size_note", "")
+            row["segmentation_file"] = record.get("segmentation_file", "")
         if "in_distribution" in record:
             row["in_distribution"] = record["in_distribution"]
             row["ood_score"] = record.get("ood_score")
