@@ -344,3 +344,23 @@ def test_csv_rows_carry_series_sizes_and_warnings(multitask_checkpoint, study, t
     np.testing.assert_allclose(rows["tumour_volume_ml"], rows["tumour_area_px"] * 0.25 * 5 / 1000)
     slices = pd.read_csv(tmp_path / "out_slices.csv")
     np.testing.assert_allclose(slices["tumour_area_mm2"], slices["tumour_area_px"] * 0.25)
+
+
+def test_a_file_without_preamble_is_predicted_and_ct_refused(multitask_checkpoint, capsys):
+    """pydicom's no_meta.dcm (CT_small's data set, no preamble, no file meta): read — and then
+    refused for its modality, as CT_small itself is; with --any_modality both give one answer."""
+    from pydicom.data import get_testdata_file
+
+    no_meta, ct_small = get_testdata_file("no_meta.dcm"), get_testdata_file("CT_small.dcm")
+    base = ["-q", "predict", "--engine", "torch", "--checkpoint", str(multitask_checkpoint)]
+    for path in (no_meta, ct_small):
+        capsys.readouterr()
+        assert main([*base, "--input", path]) == 2
+        assert "Modality CT, not MR" in capsys.readouterr().err
+    answers = [
+        run_json(
+            capsys, "--checkpoint", str(multitask_checkpoint), "--input", path, "--any_modality"
+        )["patients"][0]  # fmt: skip
+        for path in (no_meta, ct_small)
+    ]
+    assert answers[0]["type_probabilities"] == pytest.approx(answers[1]["type_probabilities"])

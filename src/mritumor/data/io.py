@@ -480,7 +480,7 @@ def _confirmed_dataset(buffer: bytes) -> bool:
 def _read_dicom(path: Path, frame: int) -> np.ndarray:
     """One frame as modality values (rescale or Modality LUT applied), MONOCHROME1 turned into
     MONOCHROME2 (brighter = more signal), YBR colour converted to RGB by pydicom."""
-    dataset = _read_dicom_dataset(path)
+    dataset = read_dicom_dataset(path)
     if "PixelData" not in dataset:
         raise SliceReadError("DICOM file has no pixel data")
     check_size((int(dataset.Rows), int(dataset.Columns)), path)
@@ -492,11 +492,14 @@ def _read_dicom(path: Path, frame: int) -> np.ndarray:
     return values
 
 
-def _read_dicom_dataset(path: Path):
+def read_dicom_dataset(path: Path, defer_size: int | None = None):
+    """The DICOM data set of a file with or without the 128-byte preamble (raises
+    SliceReadError when it is neither); ``defer_size``: values larger than this many bytes
+    (pixel data) are read only when used, as pydicom's dcmread does."""
     import pydicom
 
     if _has_dicom_prefix(_read_head(path, 132) or b""):
-        return pydicom.dcmread(path)
+        return pydicom.dcmread(path, defer_size=defer_size)
     offset = _raw_dataset_offset(_read_head(path, RAW_DATASET_PROBE_BYTES) or b"")
     if offset is None:
         raise SliceReadError(

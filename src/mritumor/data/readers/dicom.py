@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mritumor.data import io
 from mritumor.data.catalog import Problem
 
 # ImageOrientationPatient when the tag is absent: an axial slice (normal +z), so a series
@@ -115,24 +116,14 @@ def dicomdir_files(path: Path) -> list[Path]:
 
 
 def _read_header(path: Path):
-    """The dataset (pixels deferred), or the reason it cannot be read. A file without the
-    128-byte preamble is read when it is otherwise valid DICOM (``force``), but only trusted
-    if it then carries an SOP Class UID: force parses any bytes into some dataset."""
-    import pydicom
-
+    """The dataset (pixels deferred), or the reason it cannot be read; a file without the
+    128-byte preamble is read when it is otherwise valid DICOM (io.read_dicom_dataset)."""
     try:
-        return pydicom.dcmread(path, defer_size=64)
-    except pydicom.errors.InvalidDicomError:
-        pass
+        return io.read_dicom_dataset(path, defer_size=64)
+    except io.SliceReadError as error:
+        return str(error)
     except Exception as error:  # pydicom raises many types on damaged files
         return f"unreadable DICOM file ({type(error).__name__})"
-    try:
-        header = pydicom.dcmread(path, defer_size=64, force=True)
-        if "SOPClassUID" in header or "PixelData" in header:
-            return header
-    except Exception:
-        pass
-    return "unreadable DICOM file (no DICOM header)"
 
 
 def _not_an_image(header, any_modality: bool) -> str | None:
