@@ -196,6 +196,11 @@ def test_sequence_warning_from_the_series_tags(multitask_checkpoint, study, tmp_
         ({"SeriesDescription": "T2 TSE AX"}, "T2"),
         ({"SeriesDescription": "AX DWI b1000"}, "DWI"),
         ({"SeriesDescription": "T2* GRE"}, "SWI"),
+        ({"SeriesDescription": "T1 AX PRE GAD"}, "T1"),
+        ({"SeriesDescription": "AX T1 NON CONTRAST"}, "T1"),
+        ({"SeriesDescription": "T1 pre-contrast"}, "T1"),
+        ({"SeriesDescription": "T1 POSTERIOR FOSSA"}, "T1"),
+        ({"SeriesDescription": "T1 FLAIR +C"}, "T1 post-contrast"),
         ({"SeriesDescription": "AX 5mm"}, None),
         ({}, None),
     ],
@@ -364,3 +369,23 @@ def test_a_file_without_preamble_is_predicted_and_ct_refused(multitask_checkpoin
         for path in (no_meta, ct_small)
     ]
     assert answers[0]["type_probabilities"] == pytest.approx(answers[1]["type_probabilities"])
+
+
+def test_a_damaged_dicomdir_falls_back_to_the_files(tmp_path):
+    folder = tmp_path / "P5"
+    write_study(folder, images(6))
+    (folder / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 40)
+    patients = discover(folder)
+    assert [p.patient_id for p in patients] == ["P5/3_T1_AX_POST_GAD", "P5/4_AX_FLAIR"]
+
+
+def test_repeated_positions_give_no_slice_spacing(tmp_path):
+    """Two echoes at each position: the slices are not one stack, so no volume is computed."""
+    study = generate_uid()
+    write_series(tmp_path / "E", images(7, 4), study_uid=study, series_number=9, description="T1 ME", spacing=5.0)  # fmt: skip
+    for k, path in enumerate(sorted((tmp_path / "E").iterdir())):
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [0.0, 0.0, 5.0 * (k // 2)]
+        ds.save_as(path)
+    (series,), _ = read_series(sorted((tmp_path / "E").iterdir()))
+    assert series.slice_spacing is None and len(series.rows) == 4

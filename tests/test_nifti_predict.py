@@ -118,3 +118,13 @@ def test_4d_volume_needs_volume_index(half_tumour, tmp_path, capsys):
         (want,) = run_json(capsys, "--checkpoint", str(half_tumour), "--input", str(single))["patients"]  # fmt: skip
         assert picked["type_probabilities"] == pytest.approx(want["type_probabilities"], abs=1e-6)
         assert [s["tumour_area_px"] for s in picked["slices"]] == [s["tumour_area_px"] for s in want["slices"]]  # fmt: skip
+
+
+def test_volume_index_applies_to_a_patient_folder(half_tumour, tmp_path, capsys):
+    folder = tmp_path / "P1"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(np.stack([volume(), volume()[::-1].copy()], -1), LPS_AFFINE), str(folder / "dwi.nii.gz"))  # fmt: skip
+    nib.save(nib.Nifti1Image(volume()[::-1].copy(), LPS_AFFINE), str(tmp_path / "second.nii.gz"))
+    (picked,) = run_json(capsys, "--checkpoint", str(half_tumour), "--input", str(folder), "--volume_index", "1")["patients"]  # fmt: skip
+    (want,) = run_json(capsys, "--checkpoint", str(half_tumour), "--input", str(tmp_path / "second.nii.gz"))["patients"]  # fmt: skip
+    assert picked["type_probabilities"] == pytest.approx(want["type_probabilities"], abs=1e-6)

@@ -284,10 +284,11 @@ def read_nifti(path: str | Path, volume_index: int | None = None) -> NiftiVolume
     )
 
 
-def nifti_slice_count(path: Path) -> int:
-    """The number of axial planes (along LPS z, whatever axis the file stores it on)."""
+def nifti_slice_count(path: Path, volume_index: int | None = None) -> int:
+    """The number of axial planes (along LPS z, whatever axis the file stores it on); a 4-D
+    file with several volumes needs ``volume_index``."""
     image = _load_nifti(path)
-    shape = _spatial_shape(image.shape, None)
+    shape = _spatial_shape(image.shape, volume_index)
     lps_shape = _reoriented_shape(shape, _lps_transform(image.affine))
     check_size(lps_shape, path)
     return lps_shape[2]

@@ -66,6 +66,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from mritumor import __version__
+from mritumor.data import io
 from mritumor.errors import DataError
 
 MANUFACTURER = "mritumor"
@@ -184,8 +185,9 @@ def _read_headers(files: list[Path]) -> dict[Path, Dataset]:
     headers: dict[Path, Dataset] = {}
     for file in files:
         try:
-            header = pydicom.dcmread(file, stop_before_pixels=True)
-        except (OSError, InvalidDicomError) as error:
+            # io's reader: a file without the 128-byte preamble, predicted, gets its SEG too
+            header = io.read_dicom_dataset(file, defer_size=64)
+        except (OSError, InvalidDicomError, io.SliceReadError) as error:
             raise SegmentationSourceError(f"cannot read {file} as DICOM ({error})") from error
         for keyword in _TYPE2_ATTRIBUTES:
             if keyword not in header:

@@ -94,6 +94,8 @@ def discover(path: str | Path, choice: InputChoice | None = None) -> list[Patien
             f"--input {path} does not exist"
             + (" (broken symbolic link)" if path.is_symlink() else "")
         )
+    if path.is_file() and path.name.upper() == "DICOMDIR":
+        path = path.parent  # the folder it indexes, read through it
     if path.is_file():
         return [_file_patient(path, choice)]
     if not path.is_dir():
@@ -171,13 +173,14 @@ def _folder_patients(folder: Path, patient_id: str, choice: InputChoice) -> list
     data layer's own reading, so prediction reads a folder exactly as training did."""
     found = readers.patient_series(folder, choice.any_modality)
     if found is None:
-        rows, problems = readers.patient_rows(folder)
+        rows, problems = readers.patient_rows(folder, choice.volume_index)
         patient = PatientInput(
             patient_id,
             folder,
             [_slice_ref(r, folder) for r in rows],
             volume=_single_volume(rows),
             problems=[str(p) for p in problems],
+            volume_index=choice.volume_index,
         )
         return [patient]
     series, problems = found

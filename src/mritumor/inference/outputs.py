@@ -101,7 +101,8 @@ def _write_mask_volume(patient: PatientInput, used: list[SliceRef], masks, folde
     header.set_data_shape(data.shape)
     if hasattr(header, "set_slope_inter"):
         header.set_slope_inter(1, 0)  # the input's intensity scaling does not apply to a mask
-    image = nib.Nifti1Image if isinstance(header, nib.Nifti1Header) else nib.Nifti2Image
+    # Nifti2Header derives from Nifti1Header: ask for the second first
+    image = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     result = image(data, volume.input_affine, header)
     suffix = io.suffix_of(patient.volume)
     folder.mkdir(parents=True, exist_ok=True)

@@ -411,7 +411,7 @@ def add_physical_sizes(record: dict, patient: PatientInput, whole_stack: bool) -
     spacing = patient.pixel_spacing
     if spacing is None:
         record["tumour_area_mm2"] = None
-        record["size_note"] = "pixel spacing unknown (a 2-D image file or a DICOM file without PixelSpacing): sizes in pixels only"  # fmt: skip
+        record["size_note"] = "pixel spacing unknown (an image file without it, or a DICOM/NIfTI header that does not give it): sizes in pixels only"  # fmt: skip
         return
     pixel_mm2 = float(spacing[0]) * float(spacing[1])
     areas = []
@@ -425,7 +425,7 @@ def add_physical_sizes(record: dict, patient: PatientInput, whole_stack: bool) -
         record["tumour_volume_ml"] = round(sum(areas) * patient.slice_spacing / 1000.0, 4)
     else:
         record["tumour_volume_ml"] = None
-        record["size_note"] = "no volume: the slices do not form a stack with a known spacing"
+        record["size_note"] = "no volume: the slices do not form one stack with a known spacing (a single slice, repeated positions, or not every slice analysed)"  # fmt: skip
 
 
 def mask_at_original_size(logits, height: int, width: int) -> np.ndarray:

@@ -15,14 +15,16 @@ import re
 
 from mritumor.data.sequences import T1_POST, normalise
 
-_WORDS = [  # first match wins: the more specific names first
+_WORDS = [  # first match wins: T1 before FLAIR ("T1 FLAIR" is GE's T1-weighted IR)
+    ("T1", r"T1|MPRAGE|MP[ _-]RAGE|SPGR|BRAVO|\bTFE\b|\bVIBE\b"),
     ("FLAIR", r"FLAIR|\bDARK[ _-]?FLUID\b|\bT2[ _-]?IR\b"),
     ("DWI", r"\bDWI\b|DIFFUSION|\bTRACE\b|\bDTI\b|\bADC\b"),
     ("SWI", r"\bSWI\b|\bSWAN\b|T2\*|\bGRE\b"),
     ("T2", r"T2"),
-    ("T1", r"T1|MPRAGE|MP[ _-]RAGE|SPGR|BRAVO|\bTFE\b|\bVIBE\b"),
 ]
-_CONTRAST = r"POST|GAD|\bGD\b|\+ ?C\b|\bC ?\+|\bT1 ?C\b|T1CE|CONTRAST|\bCE\b|\+GD|\bDOTA"
+# contrast said, and said absent ("PRE GAD", "NON CONTRAST", "W/O"): the latter wins
+_CONTRAST = r"\bPOST\b(?![ _-]?OP)|GAD|\bGD\b|\+ ?C\b|\bC ?\+|\bT1 ?C\b|T1CE|CONTRAST|\bCE\b|\bDOTA"
+_NO_CONTRAST = r"\b(PRE|NON|NO|W/?O|WITHOUT)[ _-]?(CONTRAST|GAD|GD|C\b|\+ ?C)|\bPRE\b"
 
 
 def series_sequence(tags: dict) -> str | None:
@@ -30,7 +32,8 @@ def series_sequence(tags: dict) -> str | None:
     text = " ".join(
         str(tags.get(k) or "") for k in ("SeriesDescription", "ProtocolName", "SequenceName")
     ).upper()
-    contrast = bool(re.search(_CONTRAST, text)) or bool(tags.get("ContrastBolusAgent"))
+    said = bool(re.search(_CONTRAST, text)) or bool(tags.get("ContrastBolusAgent"))
+    contrast = said and not re.search(_NO_CONTRAST, text)
     scanning = str(tags.get("ScanningSequence") or "").upper()
     for sequence, pattern in _WORDS:
         if re.search(pattern, text):

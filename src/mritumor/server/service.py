@@ -141,24 +141,24 @@ def predict_upload(
         patients = discover(path)
     except DataError as error:
         raise UploadError(_scrub(str(error), path, label), 415) from error
+    root = path if path.is_dir() else path.parent
+    name = Path(label).stem.removesuffix(".nii") or "patient"
     skipped = [
         {
-            "patient_id": s["patient_id"],
-            "reason": _scrub(s["reason"], path if path.is_dir() else path.parent, label, path),
-        }
+            "patient_id": _renamed(s["patient_id"], root, name),
+            "reason": _scrub(s["reason"], root, label, path),
+        }  # fmt: skip
         for p in patients
         for s in p.skipped
     ]
     n_slices = sum(len(p.slices) for p in patients)
     if n_slices > limits.max_slices:
         raise UploadError(f"{n_slices} slices in the upload; at most {limits.max_slices}", 413)
-    root = path if path.is_dir() else path.parent
     records = []
     for patient in patients:
         if cancelled():
             raise Cancelled()
-        if path.is_file() or patient.patient_id == root.name:
-            patient.patient_id = Path(label).stem.removesuffix(".nii") or "patient"
+        patient.patient_id = name if path.is_file() else _renamed(patient.patient_id, root, name)
         try:
             prediction = entry.predictor(patient)
         except DataError as error:
@@ -173,7 +173,10 @@ def predict_upload(
         _add_pictures(entry, prediction, images, explain)
         add_sequence_warning(record, patient.series, entry.trained_sequences)
         if prediction.masks is not None and patient.series is not None:
-            _add_segmentation(entry, prediction, patient, root.parent / "seg" / str(len(records)))
+            _add_segmentation(
+                entry, prediction, patient, root.parent / "seg" / str(len(records)),
+                lambda text: _scrub(text, root, label, path),
+            )  # fmt: skip
         records.append(record)
     if not records:
         raise UploadError(f"no patient could be predicted; first reason: {skipped[0]['reason']}", 422)  # fmt: skip
@@ -182,12 +185,24 @@ def predict_upload(
     return {"model": model, "patients": records, "skipped": skipped}
 
 
-def _add_segmentation(entry: ModelEntry, prediction, patient, folder: Path) -> None:
+def _renamed(patient_id: str, root: Path, name: str) -> str:
+    """A unit named after the server's upload folder (the upload itself, or one of its DICOM
+    series ``<folder>/<series>``) named after the upload instead."""
+    if patient_id == root.name:
+        return name
+    if patient_id.startswith(root.name + "/"):
+        return name + patient_id[len(root.name) :]
+    return patient_id
+
+
+def _add_segmentation(entry: ModelEntry, prediction, patient, folder: Path, scrub) -> None:
     """A DICOM series' DICOM SEG (as predict --save_masks writes it), handed back as a
     downloadable data URL (``segmentation_dicom``, ``segmentation_name``); the server's own
     paths leave the record."""
     record = prediction.record
     write_series_segmentation(prediction, patient, folder, entry.algorithm())
+    if "segmentation_note" in record:  # it may name the server's temporary files
+        record["segmentation_note"] = scrub(record["segmentation_note"])
     record.pop("sidecar_file", None)  # the answer itself is the sidecar's content
     written = record.pop("segmentation_file", None)
     if written:

@@ -166,7 +166,7 @@ def _series(study_uid, series_uid, members: list) -> DicomSeries | Problem:
             row = {"image": str(path), "frame": frame if frames > 1 else -1, "mask": None}
             entries.append((order, frame, row))
     entries.sort(key=lambda e: (e[0], e[1]))
-    spacing = _numbers(first, "PixelSpacing", 2)
+    spacing = _pixel_spacing(first)
     return DicomSeries(
         name=name,
         series_uid=series_uid,
@@ -179,17 +179,31 @@ def _series(study_uid, series_uid, members: list) -> DicomSeries | Problem:
     )
 
 
+def _pixel_spacing(header) -> np.ndarray | None:
+    """PixelSpacing (row, column) in mm: the top-level tag, or an enhanced multi-frame file's
+    shared functional groups."""
+    spacing = _numbers(header, "PixelSpacing", 2)
+    if spacing is not None:
+        return spacing
+    try:
+        measures = header.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    except (AttributeError, IndexError, KeyError):
+        return None
+    return _numbers(measures, "PixelSpacing", 2)
+
+
 def _slice_spacing(headers: list) -> float | None:
     """The median distance between adjacent slice positions along the normal; for one file,
-    SpacingBetweenSlices or SliceThickness; None when nothing says."""
+    SpacingBetweenSlices or SliceThickness; None when nothing says, or when positions repeat
+    (echoes, b-values, repeated acquisitions: the slices are not one stack, so no volume)."""
     positions = sorted(
         slice_position(h) for h in headers if _numbers(h, "ImagePositionPatient", 3) is not None
     )
     if len(positions) >= 2:
         gaps = np.diff(positions)
-        gaps = gaps[gaps > 1e-6]
-        if gaps.size:
-            return float(np.median(gaps))
+        if (gaps <= 1e-6).any():
+            return None
+        return float(np.median(gaps))
     for keyword in ("SpacingBetweenSlices", "SliceThickness"):
         value = _numbers(headers[0], keyword, 1)
         if value is not None and value[0] > 0:

@@ -142,16 +142,16 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
-def patient_rows(folder: Path) -> tuple[list[dict], list[Problem]]:
+def patient_rows(folder: Path, volume_index: int | None = None) -> tuple[list[dict], list[Problem]]:
     """One patient folder's slice rows (``image``, ``frame``, ``mask``) and the problems met:
     one NIfTI volume's axial slices, else its DICOM image series (each row's ``series`` names
     its series; see :func:`patient_series`), else 2-D slice files in natural order with their
     masks set aside. Training and prediction both read a folder through this, so they see the
-    same slices in the same order."""
+    same slices in the same order. ``volume_index``: which volume of a 4-D NIfTI file."""
     files, skipped = _patient_files(folder)
     niftis = [f for f in files if io.suffix_of(f) in io.NIFTI_SUFFIXES]
     if niftis:
-        rows, problems = _nifti_rows(folder, niftis)
+        rows, problems = _nifti_rows(folder, niftis, volume_index)
         return rows, skipped + problems
     dicoms = dicom_files(folder, files)
     if dicoms:
@@ -188,11 +188,14 @@ def _patient_files(folder: Path) -> tuple[list[Path], list[Problem]]:
 
 
 def dicom_files(folder: Path, files: list[Path]) -> list[Path]:
-    """The DICOM files of a patient folder: those a DICOMDIR in it lists, else every file
-    named .dcm/.dicom or without extension that is DICOM."""
+    """The DICOM files of a patient folder: those a DICOMDIR in it lists, else (no DICOMDIR, or
+    one that is damaged or lists no file that exists: a CD mounted with other letter case)
+    every file named .dcm/.dicom or without extension that is DICOM."""
     directory = folder / "DICOMDIR"
     if directory.is_file():
-        return dicomdir_files(directory)
+        listed = dicomdir_files(directory)
+        if listed:
+            return listed
     return [
         f
         for f in files
@@ -223,7 +226,9 @@ def _raster_rows(files: list[Path]) -> tuple[list[dict], list[Problem]]:
     return rows, problems
 
 
-def _nifti_rows(patient_dir: Path, niftis: list[Path]) -> tuple[list[dict], list[Problem]]:
+def _nifti_rows(
+    patient_dir: Path, niftis: list[Path], volume_index: int | None = None
+) -> tuple[list[dict], list[Problem]]:
     volumes = [f for f in niftis if not is_mask_file(f)]
     masks = [f for f in niftis if is_mask_file(f)]
     if len(volumes) != 1:
@@ -234,7 +239,7 @@ def _nifti_rows(patient_dir: Path, niftis: list[Path]) -> tuple[list[dict], list
         ]
     volume = volumes[0]
     try:
-        depth = io.nifti_slice_count(volume)
+        depth = io.nifti_slice_count(volume, volume_index)
     except (io.SliceReadError, Exception) as error:  # nibabel raises many types on bad headers
         return [], [Problem(str(volume), f"unreadable NIfTI volume: {error}")]
     mask = None
