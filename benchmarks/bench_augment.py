@@ -8,7 +8,7 @@
   DataLoader worker does per slice), median over ``--repeats`` rounds, for the standard
   config and for ``SHIFT_CONFIG``; ``--per_slice_only`` measures just this.
 
-The slices are synthetic (``mritumor.data.synthetic.render_slice``, a few distinct ones tiled),
+The slices are synthetic (``mritumor.data.acquire.synthetic.render_slice``, a few distinct ones tiled),
 so the benchmark needs no data set: augmentation cost does not depend on the content.
 Prints one JSON line. Example:
     .venv/bin/python benchmarks/bench_augment.py --image_size 224 --batch_size 64
@@ -27,14 +27,14 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from mritumor.data.batch_augment import BatchAugment
-from mritumor.data.cache import Preprocessing, SliceCache
-from mritumor.data.catalog import Catalog
-from mritumor.data.datasets import SliceDataset
-from mritumor.data.device_data import DeviceSliceLoader
-from mritumor.data.labels import LabelSpace
-from mritumor.data.synthetic import render_slice
-from mritumor.data.transforms import SHIFT_CONFIG, build_transform
+from mritumor.data.acquire.synthetic import render_slice
+from mritumor.data.augment.batch_augment import BatchAugment
+from mritumor.data.augment.transforms import SHIFT_CONFIG, build_transform
+from mritumor.data.loading.cache import Preprocessing, SliceCache
+from mritumor.data.loading.datasets import SliceDataset
+from mritumor.data.loading.device_data import DeviceSliceLoader
+from mritumor.data.loading.labels import LabelSpace
+from mritumor.data.reading.catalog import Catalog
 from mritumor.training import default_workers
 
 

@@ -45,7 +45,7 @@ import torch
 
 from mritumor.checkpoints import git_commit
 from mritumor.config import MultitaskConfig
-from mritumor.data.labels import LabelSpace
+from mritumor.data.loading.labels import LabelSpace
 from mritumor.recipes import recipe_values
 from mritumor.tasks.multitask import MultiTaskTask, build_model
 from mritumor.training import cpu_bf16_flags, native_cpu_bf16, resolve_precision

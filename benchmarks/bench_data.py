@@ -17,11 +17,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from mritumor.checkpoints import git_commit
-from mritumor.data.cache import Preprocessing, SliceCache, infer_channels
-from mritumor.data.datasets import SliceDataset
-from mritumor.data.labels import LabelSpace
-from mritumor.data.readers import read_catalog
-from mritumor.data.transforms import build_transform
+from mritumor.data.augment.transforms import build_transform
+from mritumor.data.loading.cache import Preprocessing, SliceCache, infer_channels
+from mritumor.data.loading.datasets import SliceDataset
+from mritumor.data.loading.labels import LabelSpace
+from mritumor.data.reading.readers import read_catalog
 
 
 def main() -> None:

@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader
 
-from mritumor.data.cache import SliceCache
-from mritumor.data.datasets import SliceDataset
-from mritumor.data.readers import read_catalog
+from mritumor.data.loading.cache import SliceCache
+from mritumor.data.loading.datasets import SliceDataset
+from mritumor.data.reading.readers import read_catalog
 from mritumor.evaluation.bootstrap import bootstrap_intervals
 from mritumor.evaluation.calibration import calibration_errors
 from mritumor.evaluation.conformal import set_metrics

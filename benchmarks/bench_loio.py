@@ -48,8 +48,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mritumor.data.readers import read_catalog
-from mritumor.data.splits import Split, make_split
+from mritumor.data.loading.splits import Split, make_split
+from mritumor.data.reading.readers import read_catalog
 from mritumor.errors import DataError
 
 TIME_FILE = "loio_time.json"  # the wall time of the site's training run, written by this script

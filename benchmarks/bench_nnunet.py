@@ -91,9 +91,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mritumor.data import io
-from mritumor.data.readers import read_catalog
-from mritumor.data.splits import Split, load_split
+from mritumor.data.loading.splits import Split, load_split
+from mritumor.data.reading import io
+from mritumor.data.reading.readers import read_catalog
 
 NNUNET_MISSING = (
     "nnU-Net v2 is not installed: pip install 'mritumor[nnunet]' "
@@ -232,8 +232,8 @@ def slice_as_uint8(image: np.ndarray, channels: int) -> tuple[np.ndarray, str]:
     and scaled to 0–255. Channels are matched as the cache matches them."""
     import torch
 
-    from mritumor.data.cache import Preprocessing, match_channels
-    from mritumor.data.intensity import intensity_window
+    from mritumor.data.loading.cache import Preprocessing, match_channels
+    from mritumor.data.loading.intensity import intensity_window
 
     image = match_channels(torch.from_numpy(np.ascontiguousarray(image)), channels).numpy()
     if image.min() >= 0 and image.max() <= 255 and np.array_equal(image, np.round(image)):
@@ -266,7 +266,7 @@ def write_png(path: Path, array: np.ndarray) -> None:
 
 def write_case(case: dict, dataset: Path, channels: int) -> dict:
     """The case's image channels and label as PNGs; returns its size and pixel policy."""
-    from mritumor.data.cache import pick_channel
+    from mritumor.data.loading.cache import pick_channel
 
     image = pick_channel(io.read_image(case["image"], case["frame"]), case["channel"])
     pixels, policy = slice_as_uint8(image, channels)
@@ -326,7 +326,7 @@ def convert(
     format: str | None = None,
 ) -> dict:
     """Write the nnU-Net raw dataset, the case map and splits_final.json; returns the record."""
-    from mritumor.data.cache import infer_channels
+    from mritumor.data.loading.cache import infer_channels
 
     start = time.perf_counter()
     catalog = read_catalog(data_root, format=format)
@@ -798,7 +798,7 @@ def on_grid(masks: list[np.ndarray], size: int | None) -> np.ndarray:
         if len(shapes) != 1:
             raise SystemExit(f"slices of several sizes {sorted(shapes)[:3]}: give --score_size")
         return np.stack(masks)
-    from mritumor.data.cache import Preprocessing, preprocess_mask
+    from mritumor.data.loading.cache import Preprocessing, preprocess_mask
 
     prep = Preprocessing(image_size=size)
     return np.stack([preprocess_mask(m, prep).numpy()[0] for m in masks])

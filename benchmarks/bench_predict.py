@@ -35,7 +35,7 @@ import torch
 
 from mritumor.checkpoints import git_commit
 from mritumor.cli import main as mritumor
-from mritumor.data.synthetic import write_synthetic_dataset
+from mritumor.data.acquire.synthetic import write_synthetic_dataset
 from mritumor.inference.engines import machine_threads
 from mritumor.inference.inputs import discover
 from mritumor.inference.predictor import Predictor

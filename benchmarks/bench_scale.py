@@ -74,11 +74,11 @@ def measure(manifest: str, image_size: int, cache_dir: str | None) -> dict:
     """Runs inside the child process."""
     from torch.utils.data import DataLoader
 
-    from mritumor.data.cache import Preprocessing, SliceCache, infer_channels
-    from mritumor.data.datasets import SliceDataset
-    from mritumor.data.labels import LabelSpace
-    from mritumor.data.readers import read_catalog
-    from mritumor.data.transforms import build_transform
+    from mritumor.data.augment.transforms import build_transform
+    from mritumor.data.loading.cache import Preprocessing, SliceCache, infer_channels
+    from mritumor.data.loading.datasets import SliceDataset
+    from mritumor.data.loading.labels import LabelSpace
+    from mritumor.data.reading.readers import read_catalog
 
     peak_anon = [anon_rss_mib()]
     done = threading.Event()

@@ -47,7 +47,7 @@ from PIL import Image
 
 from mritumor.checkpoints import git_commit
 from mritumor.cli import main as mritumor
-from mritumor.data.synthetic import write_synthetic_dataset
+from mritumor.data.acquire.synthetic import write_synthetic_dataset
 
 HOST = "127.0.0.1"
 

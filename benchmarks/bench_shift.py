@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as tvf
 
-from mritumor.data import augment_ops as ops
-from mritumor.data.cache import SliceCache
-from mritumor.data.datasets import SliceDataset, rows_of_patients
-from mritumor.data.labels import LabelSpace
-from mritumor.data.readers import read_catalog
+from mritumor.data.augment import augment_ops as ops
+from mritumor.data.loading.cache import SliceCache
+from mritumor.data.loading.datasets import SliceDataset, rows_of_patients
+from mritumor.data.loading.labels import LabelSpace
+from mritumor.data.reading.readers import read_catalog
 from mritumor.evaluation.calibration import calibration_errors
 from mritumor.evaluation.conformal import set_metrics
 from mritumor.evaluation.ood import auroc

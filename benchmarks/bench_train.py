@@ -52,8 +52,8 @@ from torchvision.transforms import v2
 
 from mritumor.checkpoints import git_commit
 from mritumor.cli import main as run_cli
-from mritumor.data import io
-from mritumor.data.readers import read_catalog
+from mritumor.data.reading import io
+from mritumor.data.reading.readers import read_catalog
 from mritumor.losses import nt_xent_loss
 from mritumor.models.backbones import adapt_first_conv
 from mritumor.models.multitask import build_multitask_model

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mritumor.data.datasets import rows_of_patients
-from mritumor.data.fast_path import batch_augment
-from mritumor.data.prepare import prepare_data
+from mritumor.data.loading.datasets import rows_of_patients
+from mritumor.data.loading.fast_path import batch_augment
+from mritumor.data.loading.prepare import prepare_data
 from mritumor.losses import segmentation_loss
 from mritumor.models.multitask import build_multitask_model
 from mritumor.training import ema_with_warmup, warmup_cosine

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader
 
-from mritumor.data.cache import SliceCache
-from mritumor.data.datasets import SliceDataset, rows_of_patients
-from mritumor.data.readers import read_catalog
+from mritumor.data.loading.cache import SliceCache
+from mritumor.data.loading.datasets import SliceDataset, rows_of_patients
+from mritumor.data.reading.readers import read_catalog
 from mritumor.evaluation.ood import OODDetector, auroc
 from mritumor.evaluation.uncertainty import softmax
 from mritumor.inference.loops import predict_slices

@@ -73,10 +73,10 @@ def validation_logits(run: Path, data_root: str, batch_size: int = 16):
     import torch
     from torch.utils.data import DataLoader
 
-    from mritumor.data.cache import SliceCache
-    from mritumor.data.datasets import SliceDataset, rows_of_patients
-    from mritumor.data.readers import read_catalog
-    from mritumor.data.splits import load_split
+    from mritumor.data.loading.cache import SliceCache
+    from mritumor.data.loading.datasets import SliceDataset, rows_of_patients
+    from mritumor.data.loading.splits import load_split
+    from mritumor.data.reading.readers import read_catalog
     from mritumor.models.loading import load_model
 
     loaded = load_model(run / "best.pt")

@@ -1,7 +1,7 @@
 """The reference augmentation pipeline, assembled from torchvision v2 and MONAI ops.
 
-This is the per-sample pipeline that ``mritumor.data.transforms`` used before it became a thin
-wrapper of :class:`mritumor.data.batch_augment.BatchAugment`. It lives here, in the tests, as an
+This is the per-sample pipeline that ``mritumor.data.augment.transforms`` used before it became a thin
+wrapper of :class:`mritumor.data.augment.batch_augment.BatchAugment`. It lives here, in the tests, as an
 independent implementation: ``tests/test_batch_augment.py`` checks that ``BatchAugment`` draws
 from the same distribution and, for given parameters, computes the same pixels.
 
@@ -48,7 +48,12 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 # input checks are not what the reference is an independent check of: shared with src
-from mritumor.data.transforms import SSL_CONFIG, AugmentConfig, _check_image_size, _validated
+from mritumor.data.augment.transforms import (
+    SSL_CONFIG,
+    AugmentConfig,
+    _check_image_size,
+    _validated,
+)
 
 STRENGTHS = ("train", "ssl")
 KINDS = ("train", "ssl", "eval")

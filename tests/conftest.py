@@ -79,7 +79,7 @@ TRAIN_ARGS = {
 def trained_data(tmp_path_factory) -> Path:
     """The synthetic cohort the tiny checkpoints are trained on: 5 (type, grade) classes × 2
     patients × 4 slices of 32 px (patients syn-<type>-g<grade>-p00<k>)."""
-    from mritumor.data.synthetic import write_synthetic_dataset
+    from mritumor.data.acquire.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(
         tmp_path_factory.mktemp("mritumor-trained") / "data",

@@ -26,11 +26,11 @@ from torch.utils.data import DataLoader
 from mritumor.checkpoints import load_checkpoint, save_checkpoint
 from mritumor.cli import main
 from mritumor.config import MultitaskConfig
-from mritumor.data.cache import Preprocessing, SliceCache
-from mritumor.data.datasets import SliceDataset
-from mritumor.data.labels import LabelSpace
-from mritumor.data.readers import read_catalog
-from mritumor.data.splits import Split
+from mritumor.data.loading.cache import Preprocessing, SliceCache
+from mritumor.data.loading.datasets import SliceDataset
+from mritumor.data.loading.labels import LabelSpace
+from mritumor.data.loading.splits import Split
+from mritumor.data.reading.readers import read_catalog
 from mritumor.errors import MritumorError
 from mritumor.inference.refit import slice_uncertainty
 from mritumor.models.loading import load_model

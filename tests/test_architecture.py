@@ -1,6 +1,7 @@
 """Layers import downwards only: the order is the ``layers`` block of ARCHITECTURE.md, and every
 ``import mritumor.…`` in src/ (lazy imports inside functions included) must name a module of the
-same or a lower layer."""
+same or a lower layer. Inside the data layer the ``data-layers`` block orders its sub-packages
+the same way."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "src" / "mritumor"
 
 
-def declared_layers(text: str) -> dict[str, int]:
-    """``unit → layer number`` from the fenced ```layers block: one line per layer, lowest first,
-    ``N name: unit unit …`` where a unit is a top-level module or package of mritumor."""
-    block = re.search(r"```layers\n(.*?)```", text, re.S)
-    assert block, "ARCHITECTURE.md has no ```layers block"
+def declared_layers(text: str, block_name: str = "layers") -> dict[str, int]:
+    """``unit → layer number`` from a fenced ```layers block: one line per layer, lowest first,
+    ``N name: unit unit …`` where a unit is a top-level module or package of mritumor (of
+    mritumor.data in the ```data-layers block)."""
+    block = re.search(rf"```{block_name}\n(.*?)```", text, re.S)
+    assert block, f"ARCHITECTURE.md has no ```{block_name} block"
     layers: dict[str, int] = {}
     for line in block.group(1).strip().splitlines():
         number, _, units = line.partition(":")
@@ -27,28 +29,41 @@ def declared_layers(text: str) -> dict[str, int]:
     return layers
 
 
-def unit_of(module: str) -> str:
+def unit_of(module: str) -> str | None:
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
 
 
-def upward_imports(source: Path, layers: dict[str, int]) -> list[str]:
+def data_unit_of(module: str) -> str | None:
+    """The sub-package of mritumor.data a module is in; None outside them."""
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[1] == "data" else None
+
+
+def upward_imports(source: Path, layers: dict[str, int], unit=unit_of) -> list[str]:
     problems = []
     for path in sorted(source.rglob("*.py")):
         relative = path.relative_to(source.parent).with_suffix("")
         module = ".".join(relative.parts).removesuffix(".__init__")
-        here = unit_of(module)
+        here = unit(module)
+        if here is None:
+            continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [node.module]
+                # `from mritumor.data import loading` names a module too
+                targets = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
             elif isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
                 continue
+            seen = set()
             for target in targets:
                 if target != "mritumor" and not target.startswith("mritumor."):
                     continue
-                there = unit_of(target)
+                there = unit(target)
+                if there is None or there not in layers or there in seen:
+                    continue  # outside the checked units, or a name that is not a module
+                seen.add(there)
                 if layers[there] > layers[here]:
                     problems.append(
                         f"{module} (layer {layers[here]}) imports {target} (layer {layers[there]}) "
@@ -72,6 +87,22 @@ def test_layers_import_downwards_only():
     assert not problems, "upward imports:\n" + "\n".join(problems)
 
 
+def test_data_sub_packages_have_an_order():
+    layers = declared_layers((ROOT / "ARCHITECTURE.md").read_text(), "data-layers")
+    data = SOURCE / "data"
+    assert [p.name for p in data.glob("*.py")] == ["__init__.py"], (
+        "every data module belongs in a sub-package of mritumor.data"
+    )
+    units = {p.parent.name for p in data.glob("*/__init__.py")}
+    assert units == set(layers), "the data-layers block of ARCHITECTURE.md and data/ differ"
+
+
+def test_data_sub_packages_import_downwards_only():
+    layers = declared_layers((ROOT / "ARCHITECTURE.md").read_text(), "data-layers")
+    problems = upward_imports(SOURCE, layers, data_unit_of)
+    assert not problems, "upward imports inside the data layer:\n" + "\n".join(problems)
+
+
 def test_the_check_finds_an_upward_import(tmp_path):
     package = tmp_path / "mritumor"
     (package / "data").mkdir(parents=True)
@@ -86,3 +117,16 @@ def test_the_check_finds_an_upward_import(tmp_path):
     assert (
         len(problems) == 1 and "mritumor.data.reader (layer 1) imports mritumor.cli" in problems[0]
     )
+
+
+def test_the_check_finds_an_upward_import_inside_the_data_layer(tmp_path):
+    package = tmp_path / "mritumor"
+    for sub in ("reading", "loading"):
+        (package / "data" / sub).mkdir(parents=True)
+        (package / "data" / sub / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "data" / "__init__.py").write_text("")
+    (package / "data" / "reading" / "io.py").write_text("from mritumor.data import loading\n")
+    (package / "data" / "loading" / "cache.py").write_text("from mritumor.data.reading import io\n")
+    problems = upward_imports(package, {"reading": 0, "loading": 1}, data_unit_of)
+    assert len(problems) == 1 and "mritumor.data.reading.io (layer 0) imports" in problems[0]

@@ -1,7 +1,7 @@
 """The batched, device-side augmentation and loaders against the torchvision/MONAI reference.
 
 The reference (``augment_reference.py``) is the per-sample pipeline assembled from library ops,
-an implementation independent of ``BatchAugment`` (which ``mritumor.data.transforms`` now wraps,
+an implementation independent of ``BatchAugment`` (which ``mritumor.data.augment.transforms`` now wraps,
 so comparing with ``build_transform`` would compare BatchAugment with itself).
 
 Distribution tests draw N = 400 augmentations of one fixed phantom with each path and compare
@@ -31,15 +31,15 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from augment_reference import ReferenceAugment, down_up, reference_transform
-from mritumor.data import batch_augment as ba
-from mritumor.data import device_data as dd
-from mritumor.data.batch_augment import AugmentParams, BatchAugment, build_batch_augment
-from mritumor.data.cache import Preprocessing, SliceCache
-from mritumor.data.catalog import Catalog
-from mritumor.data.datasets import SliceDataset
-from mritumor.data.device_data import DevicePairLoader, DeviceSliceLoader, fits_on_device
-from mritumor.data.labels import LabelSpace
-from mritumor.data.transforms import SHIFT_CONFIG, SSL_CONFIG, AugmentConfig
+from mritumor.data.augment import batch_augment as ba
+from mritumor.data.augment.batch_augment import AugmentParams, BatchAugment, build_batch_augment
+from mritumor.data.augment.transforms import SHIFT_CONFIG, SSL_CONFIG, AugmentConfig
+from mritumor.data.loading import device_data as dd
+from mritumor.data.loading.cache import Preprocessing, SliceCache
+from mritumor.data.loading.datasets import SliceDataset
+from mritumor.data.loading.device_data import DevicePairLoader, DeviceSliceLoader, fits_on_device
+from mritumor.data.loading.labels import LabelSpace
+from mritumor.data.reading.catalog import Catalog
 
 N = 400
 SIZE = 40

@@ -17,7 +17,7 @@ from conftest import load_benchmark
 @pytest.fixture
 def external_manifest(trained_data: Path, tmp_path: Path) -> Path:
     """Every synthetic slice as one 'image' with a sequence; one type renamed to no_tumour."""
-    from mritumor.data.readers import read_catalog
+    from mritumor.data.reading.readers import read_catalog
 
     table = read_catalog(trained_data).table
     rows = []

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mritumor.data.splits import load_split
+from mritumor.data.loading.splits import load_split
 from mritumor.errors import DataError
 
 SITES = {"AA": 4, "BB": 7, "CC": 9}  # institution → patients

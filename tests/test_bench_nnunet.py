@@ -31,7 +31,7 @@ def tiny(tmp_path: Path) -> dict:
     """ROOT/<type>/<patient>/slice_k.png + slice_k_mask.png: 2 types × 3 patients × 3 slices of
     32 px, the last slice of each patient without tumour (an empty mask, as LGG has); and a
     split.json of 3 train, 1 validation and 2 test patients."""
-    from mritumor.data.splits import Split
+    from mritumor.data.loading.splits import Split
 
     rng = np.random.default_rng(3)
     root = tmp_path / "tiny"
@@ -117,7 +117,7 @@ def test_converted_dataset_passes_nnunets_integrity_check(converted):
 
 
 def test_conversion_refuses_a_split_without_validation_patients(bench, tiny, tmp_path):
-    from mritumor.data.splits import Split
+    from mritumor.data.loading.splits import Split
 
     split = tiny["split_obj"]
     no_val = Split(train=split.train + split.val, val=[], test=split.test, strategy="x")

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from conftest import write_png
-from mritumor.data import cache as cache_module
-from mritumor.data import io
-from mritumor.data.cache import (
+from mritumor.data.loading import cache as cache_module
+from mritumor.data.loading.cache import (
     Preprocessing,
     SliceCache,
     available_memory,
@@ -20,7 +19,8 @@ from mritumor.data.cache import (
     preprocess_image,
     resize_square,
 )
-from mritumor.data.readers import read_catalog
+from mritumor.data.reading import io
+from mritumor.data.reading.readers import read_catalog
 
 
 def test_cached_tensors_equal_direct_preprocessing(folder_tree: Path):

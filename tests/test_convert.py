@@ -14,10 +14,10 @@ from PIL import Image
 
 from conftest import shared_data, write_png
 from mritumor.cli import main
-from mritumor.data import io
-from mritumor.data.catalog import Catalog, make_table
-from mritumor.data.convert import class_folder, convert_catalog
-from mritumor.data.readers import read_catalog
+from mritumor.data.acquire.convert import class_folder, convert_catalog
+from mritumor.data.reading import io
+from mritumor.data.reading.catalog import Catalog, make_table
+from mritumor.data.reading.readers import read_catalog
 from mritumor.errors import DataError
 from test_readers import make_kaggle_tree, write_figshare_mat
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mritumor.data.cache import Preprocessing, SliceCache
-from mritumor.data.datasets import (
+from mritumor.data.loading.cache import Preprocessing, SliceCache
+from mritumor.data.loading.datasets import (
     ContrastivePairDataset,
     PatientBagDataset,
     SliceDataset,
@@ -18,8 +18,8 @@ from mritumor.data.datasets import (
     collate_bags,
     rows_of_patients,
 )
-from mritumor.data.labels import LabelSpace
-from mritumor.data.readers import read_catalog
+from mritumor.data.loading.labels import LabelSpace
+from mritumor.data.reading.readers import read_catalog
 
 
 @pytest.fixture

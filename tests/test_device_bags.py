@@ -16,14 +16,14 @@ from torch.utils.data import DataLoader
 
 from mritumor.checkpoints import load_checkpoint
 from mritumor.cli import main
-from mritumor.data.batch_augment import BatchAugment
-from mritumor.data.cache import Preprocessing, SliceCache
-from mritumor.data.catalog import Catalog
-from mritumor.data.datasets import PatientBagDataset, collate_bags
-from mritumor.data.device_data import DeviceBagLoader
-from mritumor.data.labels import LabelSpace
-from mritumor.data.synthetic import write_synthetic_dataset
-from mritumor.data.transforms import AugmentConfig
+from mritumor.data.acquire.synthetic import write_synthetic_dataset
+from mritumor.data.augment.batch_augment import BatchAugment
+from mritumor.data.augment.transforms import AugmentConfig
+from mritumor.data.loading.cache import Preprocessing, SliceCache
+from mritumor.data.loading.datasets import PatientBagDataset, collate_bags
+from mritumor.data.loading.device_data import DeviceBagLoader
+from mritumor.data.loading.labels import LabelSpace
+from mritumor.data.reading.catalog import Catalog
 
 SLICES = [2, 5, 7, 3, 9, 6]  # slices per patient: fewer, as many and more than the bag
 TYPES = ["astrocytoma", "meningioma", "astrocytoma", "pituitary", "meningioma", "astrocytoma"]

@@ -33,7 +33,7 @@ from pydicom.uid import (
 )
 
 from dicom_factory import write_mr_slice
-from mritumor.data import io
+from mritumor.data.reading import io
 
 
 def bundled(name: str) -> Path:

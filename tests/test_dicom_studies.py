@@ -17,8 +17,8 @@ from pydicom.uid import generate_uid
 from dicom_factory import write_mr_slice, write_series, write_study
 from mritumor.checkpoints import load_checkpoint, save_checkpoint
 from mritumor.cli import main
-from mritumor.data.readers import read_catalog, read_series
-from mritumor.data.splits import make_split
+from mritumor.data.loading.splits import make_split
+from mritumor.data.reading.readers import read_catalog, read_series
 from mritumor.inference.inputs import InputChoice, PatientInput, discover
 from mritumor.inference.predictor import Predictor
 from mritumor.inference.sequences import sequence_warning, series_sequence
@@ -266,7 +266,7 @@ def test_area_and_volume_on_a_phantom_of_known_spacing(multitask_checkpoint, tmp
 
 
 def test_series_choice_patterns():
-    from mritumor.data.readers import DicomSeries
+    from mritumor.data.reading.readers import DicomSeries
 
     series = DicomSeries("12_T1_AX_POST", "1", "2", "MR", [], {"SeriesDescription": "T1 AX POST"})
     assert InputChoice("12").picks(series) and not InputChoice("1").picks(series)

@@ -19,9 +19,9 @@ import pytest
 import urllib3.util.connection
 
 from mritumor.cli import main
-from mritumor.data.archives import UnsafeArchiveError, safe_unpack
-from mritumor.data.download import SOURCES, download_figshare, parse_listing
-from mritumor.data.readers import read_catalog
+from mritumor.data.acquire.archives import UnsafeArchiveError, safe_unpack
+from mritumor.data.acquire.download import SOURCES, download_figshare, parse_listing
+from mritumor.data.reading.readers import read_catalog
 from mritumor.errors import DataError
 from test_convert import write_figshare_release, write_lgg_release
 

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 from mritumor.checkpoints import load_checkpoint, save_checkpoint
 from mritumor.cli import main
-from mritumor.data.cache import Preprocessing, preprocess_image
-from mritumor.data.datasets import bag_positions
-from mritumor.data.synthetic import write_synthetic_dataset
+from mritumor.data.acquire.synthetic import write_synthetic_dataset
+from mritumor.data.loading.cache import Preprocessing, preprocess_image
+from mritumor.data.loading.datasets import bag_positions
 from mritumor.inference import arrays, engines
 from mritumor.inference.inputs import discover
 from mritumor.inference.predictor import Predictor

@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 
 from mritumor.checkpoints import load_checkpoint
 from mritumor.cli import main
-from mritumor.data.synthetic import write_synthetic_dataset
+from mritumor.data.acquire.synthetic import write_synthetic_dataset
 
 SIZE = 32
 NOT_ARTIFACTS = {
@@ -165,8 +165,8 @@ def test_old_format_checkpoints_load_evaluate_and_predict(
     network's probabilities, computed here by hand with the network itself."""
     import torch
 
-    from mritumor.data.cache import Preprocessing, SliceCache
-    from mritumor.data.readers import read_catalog
+    from mritumor.data.loading.cache import Preprocessing, SliceCache
+    from mritumor.data.reading.readers import read_catalog
     from mritumor.models.loading import load_model
 
     catalog = read_catalog(trained_data)

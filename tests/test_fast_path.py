@@ -13,9 +13,9 @@ import torch
 from mritumor.checkpoints import load_checkpoint
 from mritumor.cli import main
 from mritumor.config import TrainerConfig
-from mritumor.data import device_data, fast_path
-from mritumor.data.device_data import DevicePairLoader, DeviceSliceLoader
-from mritumor.data.synthetic import write_synthetic_dataset
+from mritumor.data.acquire.synthetic import write_synthetic_dataset
+from mritumor.data.loading import device_data, fast_path
+from mritumor.data.loading.device_data import DevicePairLoader, DeviceSliceLoader
 from mritumor.errors import MritumorError
 
 
@@ -62,7 +62,7 @@ def test_on_refuses_data_that_cannot_fit(monkeypatch):
 
 
 def test_presets_match_the_cpu_transforms():
-    from mritumor.data.fast_path import training_transform
+    from mritumor.data.loading.fast_path import training_transform
 
     assert fast_path.batch_augment("none", 32) is None
     light = fast_path.batch_augment("light", 32)
@@ -170,8 +170,8 @@ def test_pretrain_trains_through_the_device_pair_loader(cohort: Path, tmp_path: 
 
 
 def test_shift_preset_is_the_shift_config():
-    from mritumor.data.fast_path import augment_config, batch_augment
-    from mritumor.data.transforms import SHIFT_CONFIG
+    from mritumor.data.augment.transforms import SHIFT_CONFIG
+    from mritumor.data.loading.fast_path import augment_config, batch_augment
 
     assert augment_config("shift") == SHIFT_CONFIG
     assert SHIFT_CONFIG.rot90_p > 0 and SHIFT_CONFIG.lowres_p > 0 and SHIFT_CONFIG.vflip_p > 0

@@ -11,7 +11,7 @@ import pytest
 from conftest import blob_slice, write_png
 from mritumor.checkpoints import load_checkpoint
 from mritumor.cli import main
-from mritumor.data.readers import LEAKAGE_WARNING
+from mritumor.data.reading.readers import LEAKAGE_WARNING
 
 CLASSES = ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor")
 

@@ -10,7 +10,7 @@ import torch
 
 from mritumor.checkpoints import load_checkpoint
 from mritumor.cli import main
-from mritumor.data.synthetic import write_synthetic_dataset
+from mritumor.data.acquire.synthetic import write_synthetic_dataset
 from mritumor.models.simclr import extract_encoder_state
 
 COMMON = ["--image_size", "32", "--accelerator", "cpu", "--seed", "0"]

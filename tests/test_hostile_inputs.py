@@ -40,9 +40,9 @@ from PIL import Image
 
 from conftest import blob_slice, write_png
 from mritumor.cli import main
-from mritumor.data import io
-from mritumor.data.cache import Preprocessing, SliceCache
-from mritumor.data.readers import CLASS_FOLDER, FIGSHARE_LABELS, read_catalog
+from mritumor.data.loading.cache import Preprocessing, SliceCache
+from mritumor.data.reading import io
+from mritumor.data.reading.readers import CLASS_FOLDER, FIGSHARE_LABELS, read_catalog
 from mritumor.errors import MritumorError
 
 SIZE = 16
@@ -1136,7 +1136,7 @@ def test_pickled_npy_payload_never_runs(tmp_path: Path):
 
 
 def test_one_patient_class_is_split_without_leakage_and_logged(tmp_path: Path, caplog):
-    from mritumor.data.splits import make_split
+    from mritumor.data.loading.splits import make_split
 
     root, _ = b_class_with_one_patient(tmp_path / "data")
     good_tree(root, patients=4)

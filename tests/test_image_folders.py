@@ -9,9 +9,9 @@ import pytest
 
 from conftest import blob_slice, write_png
 from mritumor.cli import main
-from mritumor.data.readers import LEAKAGE_WARNING, detect_format, read_catalog
-from mritumor.data.readers.image_folders import normalise_class
-from mritumor.data.splits import make_split
+from mritumor.data.loading.splits import make_split
+from mritumor.data.reading.readers import LEAKAGE_WARNING, detect_format, read_catalog
+from mritumor.data.reading.readers.image_folders import normalise_class
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,8 @@ from mritumor.cli import build_parser, main
 from mritumor.commands.common import INTENSITY_METHODS as FLAG_CHOICES
 from mritumor.commands.common import apply_config
 from mritumor.config import HierarchicalConfig
-from mritumor.data import intensity, io
-from mritumor.data.cache import (
+from mritumor.data.loading import intensity
+from mritumor.data.loading.cache import (
     CACHE_FORMAT,
     Preprocessing,
     SliceCache,
@@ -29,8 +29,9 @@ from mritumor.data.cache import (
     preprocess_image,
     resize_square,
 )
-from mritumor.data.prepare import prepare_data_for
-from mritumor.data.readers import read_catalog
+from mritumor.data.loading.prepare import prepare_data_for
+from mritumor.data.reading import io
+from mritumor.data.reading.readers import read_catalog
 from mritumor.inference import arrays
 from mritumor.inference.card import ModelCard, Prep
 from mritumor.models.loading import load_model, preprocessing_of
@@ -39,7 +40,7 @@ from mritumor.models.loading import load_model, preprocessing_of
 
 
 def old_preprocess_image(image: np.ndarray, prep: Preprocessing) -> torch.Tensor:
-    """mritumor.data.cache.preprocess_image as it was before ``intensity`` (commit 73dcb5e)."""
+    """mritumor.data.loading.cache.preprocess_image as it was before ``intensity`` (commit 73dcb5e)."""
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     if tensor.shape[0] != prep.channels:
         tensor = (
@@ -55,7 +56,7 @@ def old_preprocess_image(image: np.ndarray, prep: Preprocessing) -> torch.Tensor
 
 
 def old_cache_key(catalog, prep: Preprocessing) -> str:
-    """mritumor.data.cache.cache_key before ``intensity``: the four fields only."""
+    """mritumor.data.loading.cache.cache_key before ``intensity``: the four fields only."""
     fields = {k: getattr(prep, k) for k in ("image_size", "channels", "clip_low", "clip_high")}
     digest = hashlib.sha256(json.dumps([CACHE_FORMAT, fields]).encode())
     for image, frame, mask in catalog.table[["image", "frame", "mask"]].itertuples(index=False):

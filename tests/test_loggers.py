@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mritumor.cli import main
-from mritumor.data.synthetic import write_synthetic_dataset
+from mritumor.data.acquire.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

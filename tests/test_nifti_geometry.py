@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mritumor.data import io
+from mritumor.data.reading import io
 
 SHAPE = (6, 7, 5)  # x (right → left), y (anterior → posterior), z (inferior → superior)
 ZOOMS = (1.0, 2.0, 3.0)

@@ -161,8 +161,8 @@ SIZE, BATCH = 32, 8
 
 
 def tiny_loader():
-    from mritumor.data.device_data import DeviceSliceLoader
-    from mritumor.data.fast_path import batch_augment
+    from mritumor.data.loading.device_data import DeviceSliceLoader
+    from mritumor.data.loading.fast_path import batch_augment
 
     rng = np.random.default_rng(0)
     images = rng.random((2 * BATCH, 1, SIZE, SIZE), dtype=np.float32).astype(np.float16)
@@ -294,7 +294,7 @@ def test_train_multitask_records_the_flag_and_what_was_used(tmp_path):
     """End to end: config.yaml holds the flag as given (re-usable with --config), best.pt the
     precision Lightning trained in; the test evaluation after training is float32."""
     from mritumor.cli import main
-    from mritumor.data.synthetic import write_synthetic_dataset
+    from mritumor.data.acquire.synthetic import write_synthetic_dataset
 
     root = write_synthetic_dataset(
         tmp_path / "data", patients_per_class=3, slices_per_patient=2, image_size=SIZE, seed=2

@@ -22,10 +22,10 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from mritumor.checkpoints import load_checkpoint, save_checkpoint
 from mritumor.cli import main
-from mritumor.data import io
-from mritumor.data.cache import Preprocessing, SliceCache, preprocess_mask
-from mritumor.data.readers import read_catalog
-from mritumor.data.synthetic import write_synthetic_dataset
+from mritumor.data.acquire.synthetic import write_synthetic_dataset
+from mritumor.data.loading.cache import Preprocessing, SliceCache, preprocess_mask
+from mritumor.data.reading import io
+from mritumor.data.reading.readers import read_catalog
 from mritumor.models.loading import hierarchical_network, load_model, multitask_network
 
 SIZE = 32

@@ -37,8 +37,8 @@ def texture(tmp_path_factory):
 
 def used_images(checkpoint: dict, data, patient, record) -> torch.Tensor:
     """(S, C, H, W): the slices predict used for this patient, through the cache by hand."""
-    from mritumor.data.cache import Preprocessing, SliceCache
-    from mritumor.data.readers import read_catalog
+    from mritumor.data.loading.cache import Preprocessing, SliceCache
+    from mritumor.data.reading.readers import read_catalog
 
     prep = Preprocessing(**checkpoint["preprocessing"])
     cache = SliceCache.build(read_catalog(data).subset([patient.name]), prep, progress=False)

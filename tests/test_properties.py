@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from mritumor.data import io
-from mritumor.data.cache import Preprocessing, preprocess_image
-from mritumor.data.splits import make_folds
+from mritumor.data.loading.cache import Preprocessing, preprocess_image
+from mritumor.data.loading.splits import make_folds
+from mritumor.data.reading import io
 from mritumor.evaluation.metrics import classification_metrics
 from mritumor.models.hierarchical import hierarchical_probabilities
 

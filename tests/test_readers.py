@@ -16,10 +16,10 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from conftest import blob_slice, shared_data, write_png
-from mritumor.data import io
-from mritumor.data.cache import Preprocessing, SliceCache
-from mritumor.data.catalog import REQUIRED_COLUMNS, natural_key, normalise_grade
-from mritumor.data.readers import (
+from mritumor.data.loading.cache import Preprocessing, SliceCache
+from mritumor.data.reading import io
+from mritumor.data.reading.catalog import REQUIRED_COLUMNS, natural_key, normalise_grade
+from mritumor.data.reading.readers import (
     detect_format,
     dicom_rows,
     patient_rows,

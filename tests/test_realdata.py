@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 
 from conftest import shared_data
-from mritumor.data.cache import Preprocessing, SliceCache
-from mritumor.data.readers import read_catalog
-from mritumor.data.splits import make_folds, make_split
+from mritumor.data.loading.cache import Preprocessing, SliceCache
+from mritumor.data.loading.splits import make_folds, make_split
+from mritumor.data.reading.readers import read_catalog
 
 
 def test_figshare_counts_and_families():
@@ -73,8 +73,8 @@ def test_the_loso_sources_file_reads_three_sources_with_their_options():
     without masks, external_dev's T1C+ gliomas/meningiomas, figshare unchanged; families kept."""
     from pathlib import Path
 
-    from mritumor.data.prepare import read_data
-    from mritumor.data.splits import leave_one_source_out
+    from mritumor.data.loading.prepare import read_data
+    from mritumor.data.loading.splits import leave_one_source_out
 
     for name in ("figshare", "lgg", "external_dev"):
         shared_data(name)

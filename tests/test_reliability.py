@@ -44,10 +44,10 @@ from mritumor.checkpoints import (
 )
 from mritumor.cli import main
 from mritumor.config import TrainerConfig
-from mritumor.data import io
-from mritumor.data.cache import Preprocessing, SliceCache
-from mritumor.data.readers import read_catalog
-from mritumor.data.synthetic import write_synthetic_dataset
+from mritumor.data.acquire.synthetic import write_synthetic_dataset
+from mritumor.data.loading.cache import Preprocessing, SliceCache
+from mritumor.data.reading import io
+from mritumor.data.reading.readers import read_catalog
 from mritumor.resources import ResourceError, check_free_space, check_writable
 from mritumor.training import (
     AtomicCheckpointIO,
@@ -600,7 +600,7 @@ def test_unwritable_outdir_fails_before_any_work(tmp_path: Path, capsys, monkeyp
     blocker.write_text("x")
     read = []
     monkeypatch.setattr(
-        "mritumor.data.prepare.read_catalog", lambda *a, **k: read.append(a) or 1 / 0
+        "mritumor.data.loading.prepare.read_catalog", lambda *a, **k: read.append(a) or 1 / 0
     )
     argv = ["-q", command, "--data_root", str(tmp_path), "--outdir", str(blocker / "run")]
     assert main(argv) == 2

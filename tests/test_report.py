@@ -326,7 +326,7 @@ def train_argv(data_root: Path, outdir: Path, command: str, *extra: str) -> list
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory) -> Path:
     """Tiny real runs: train-hierarchical, train-multitask (variant E), compare of three runs."""
-    from mritumor.data.synthetic import write_synthetic_dataset
+    from mritumor.data.acquire.synthetic import write_synthetic_dataset
 
     base = tmp_path_factory.mktemp("report_real")
     data = write_synthetic_dataset(

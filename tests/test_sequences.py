@@ -8,13 +8,13 @@ import pytest
 from tests.conftest import SHARED_DATA
 
 from mritumor.checkpoints import load_checkpoint
-from mritumor.data.sequences import (
+from mritumor.data.reading.sequences import (
     normalise,
     picked_channel_sequence,
     table_sequences,
     training_data,
 )
-from mritumor.data.sources import SourceSpec, shape_source
+from mritumor.data.reading.sources import SourceSpec, shape_source
 
 
 @pytest.mark.parametrize(
@@ -56,8 +56,8 @@ def test_a_trained_checkpoint_records_its_training_data(multitask_checkpoint):
 
 
 def test_sequence_flag_names_only_the_rows_whose_source_is_silent(tmp_path):
-    from mritumor.data.catalog import Catalog, make_table
-    from mritumor.data.prepare import with_sequence
+    from mritumor.data.loading.prepare import with_sequence
+    from mritumor.data.reading.catalog import Catalog, make_table
 
     rows = [
         {"image": f"{k}.png", "patient_id": str(k), "tumor_type": "glioma", "sequence": seq}
@@ -78,7 +78,7 @@ def test_the_two_source_file_records_t1_after_contrast_for_both_sources():
     """figshare (its manifest is silent: the sources file names it) and LGG's channel 2."""
     from pathlib import Path
 
-    from mritumor.data.sources import read_sources, read_sources_file
+    from mritumor.data.reading.sources import read_sources, read_sources_file
 
     sources = Path(__file__).resolve().parents[1] / "benchmarks" / "sources" / "figshare_lgg.yaml"
     table = read_sources(read_sources_file(sources)).table

@@ -28,7 +28,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from tests.test_predict import write_dicom  # noqa: E402
 
 from mritumor.cli import main  # noqa: E402
-from mritumor.data.synthetic import write_synthetic_dataset  # noqa: E402
+from mritumor.data.acquire.synthetic import write_synthetic_dataset  # noqa: E402
 from mritumor.inference.predict import predict  # noqa: E402
 from mritumor.server import uploads  # noqa: E402
 from mritumor.server.app import Settings, create_app  # noqa: E402

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mritumor.data.synthetic import write_synthetic_dataset
+from mritumor.data.acquire.synthetic import write_synthetic_dataset
 from mritumor.inference.predict import predict
 
 

@@ -18,8 +18,8 @@ import torch
 
 from mritumor.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from mritumor.cli import main
-from mritumor.data.splits import sample_labelled_patients
-from mritumor.data.synthetic import write_synthetic_dataset
+from mritumor.data.acquire.synthetic import write_synthetic_dataset
+from mritumor.data.loading.splits import sample_labelled_patients
 from mritumor.losses import nt_xent_loss
 from mritumor.models.backbones import build_encoder, encoder_from_config
 from mritumor.models.simclr import SimCLRModel, extract_encoder_state
@@ -305,7 +305,7 @@ def test_validation_views_are_fixed_and_same_patient_pairs_are_passed_on(
     run: Path, data_root: Path
 ):
     from mritumor.config import PretrainConfig
-    from mritumor.data.prepare import prepare_data_for
+    from mritumor.data.loading.prepare import prepare_data_for
     from mritumor.tasks.ssl import make_loaders
 
     config = PretrainConfig.from_flags(

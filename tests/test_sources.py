@@ -17,12 +17,12 @@ from torch.utils.data import WeightedRandomSampler
 from conftest import blob_slice, write_png
 from mritumor.cli import build_parser
 from mritumor.config import DataConfig
-from mritumor.data.cache import Preprocessing, SliceCache, infer_channels, preprocess_image
-from mritumor.data.device_data import DeviceSliceLoader
-from mritumor.data.labels import LabelSpace
-from mritumor.data.prepare import prepare_data, prepare_data_for, read_data
-from mritumor.data.sources import read_sources_file, source_balanced_weights
-from mritumor.data.splits import leave_one_source_out, make_split
+from mritumor.data.loading.cache import Preprocessing, SliceCache, infer_channels, preprocess_image
+from mritumor.data.loading.device_data import DeviceSliceLoader
+from mritumor.data.loading.labels import LabelSpace
+from mritumor.data.loading.prepare import prepare_data, prepare_data_for, read_data
+from mritumor.data.loading.splits import leave_one_source_out, make_split
+from mritumor.data.reading.sources import read_sources_file, source_balanced_weights
 from mritumor.errors import DataError
 
 

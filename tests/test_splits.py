@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mritumor.data.splits import load_split, make_folds, make_split
+from mritumor.data.loading.splits import load_split, make_folds, make_split
 from mritumor.errors import DataError
 
 

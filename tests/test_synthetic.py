@@ -18,7 +18,7 @@ from sklearn.model_selection import GroupKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mritumor.data.synthetic import DEFAULT_CLASSES, render_slice, write_synthetic_dataset
+from mritumor.data.acquire.synthetic import DEFAULT_CLASSES, render_slice, write_synthetic_dataset
 
 SMALL = {"patients_per_class": 1, "slices_per_patient": 2, "image_size": 32}
 

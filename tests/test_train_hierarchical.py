@@ -12,7 +12,7 @@ from PIL import Image
 
 from mritumor.checkpoints import load_checkpoint
 from mritumor.cli import main
-from mritumor.data.synthetic import write_synthetic_dataset
+from mritumor.data.acquire.synthetic import write_synthetic_dataset
 
 SEED_ARTIFACTS = [
     "best.pt",

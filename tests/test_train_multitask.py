@@ -15,9 +15,9 @@ from sklearn.metrics import accuracy_score
 
 from mritumor.checkpoints import load_checkpoint
 from mritumor.cli import main
-from mritumor.data.cache import Preprocessing, SliceCache
-from mritumor.data.readers import read_catalog
-from mritumor.data.synthetic import write_synthetic_dataset
+from mritumor.data.acquire.synthetic import write_synthetic_dataset
+from mritumor.data.loading.cache import Preprocessing, SliceCache
+from mritumor.data.reading.readers import read_catalog
 from mritumor.evaluation.segmentation import dice_iou
 from mritumor.models.multitask import VARIANTS
 from mritumor.tasks.multitask import model_from_checkpoint

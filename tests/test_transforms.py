@@ -1,4 +1,4 @@
-"""Tests for mritumor.data.transforms: output contract, joint geometry, reproducibility."""
+"""Tests for mritumor.data.augment.transforms: output contract, joint geometry, reproducibility."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mritumor.data.batch_augment import BatchAugment
-from mritumor.data.transforms import (
+from mritumor.data.augment.batch_augment import BatchAugment
+from mritumor.data.augment.transforms import (
     SHIFT_CONFIG,
     SSL_CONFIG,
     AugmentConfig,

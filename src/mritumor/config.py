@@ -2,7 +2,7 @@
 
 ``mritumor pretrain``, ``train-hierarchical`` and ``train-multitask`` hand the tasks a
 :class:`PretrainConfig`, :class:`HierarchicalConfig` or :class:`MultitaskConfig`; each holds a
-:class:`DataConfig` (what :func:`mritumor.data.prepare.prepare_data_for` reads), a
+:class:`DataConfig` (what :func:`mritumor.data.loading.prepare.prepare_data_for` reads), a
 :class:`TrainerConfig` (what :func:`mritumor.training.build_trainer` and the device-data choice
 read) and the task's own fields. Field names and defaults are the flags' (``--batch_size`` →
 ``batch_size``), so:
@@ -98,11 +98,11 @@ class FlagConfig:
 
 @dataclass
 class DataConfig(FlagConfig):
-    """What :func:`mritumor.data.prepare.prepare_data` takes: source, preprocessing, split."""
+    """What :func:`mritumor.data.loading.prepare.prepare_data` takes: source, preprocessing, split."""
 
     data_root: str | Path | list | None = None  # a list: several sources (--data_root twice)
     source_name: list | None = None  # one name per data_root (--source_name)
-    sources: str | None = None  # a YAML file of sources (mritumor.data.sources)
+    sources: str | None = None  # a YAML file of sources (mritumor.data.reading.sources)
     sequence: str | None = None  # MR sequence of rows whose source does not say (--sequence)
     format: str | None = None
     strict: bool = False
@@ -125,7 +125,7 @@ class DataConfig(FlagConfig):
 @dataclass
 class TrainerConfig(FlagConfig):
     """Where and how Lightning trains (:func:`mritumor.training.build_trainer`) and where the
-    training slices live (:func:`mritumor.data.fast_path.training_data_device`)."""
+    training slices live (:func:`mritumor.data.loading.fast_path.training_data_device`)."""
 
     accelerator: str = "auto"
     devices: str = "1"

@@ -9,7 +9,7 @@ Inputs and outputs (all float32 unless said; B and N are dynamic)::
                   → class_logits (B, K) when the variant classifies,
                     mask_logits (B, 1, S, S) when it segments
 
-``images`` are preprocessed slices in [0, 1] (see :mod:`mritumor.data.cache`); logits are not
+``images`` are preprocessed slices in [0, 1] (see :mod:`mritumor.data.loading.cache`); logits are not
 temperature-scaled. Everything a deployment needs to reproduce ``mritumor predict`` (label
 names, preprocessing, temperature, bag size) is written beside the model as ``<output>.json``
 and, for TorchScript, also inside the file (``extra_files["mritumor.json"]``).
@@ -132,9 +132,9 @@ def sidecar(loaded: LoadedModel, fmt: str, inputs: list[str], outputs: list[str]
         "preprocessing": asdict(loaded.preprocessing),
         "preprocessing_steps": "per channel: clip to the clip_low/clip_high percentiles (of "
         "all pixels for intensity 'percentile'; of the foreground for 'foreground', see "
-        "mritumor.data.intensity, background then 0) and scale to [0, 1]; zero-pad to a "
+        "mritumor.data.loading.intensity, background then 0) and scale to [0, 1]; zero-pad to a "
         "centred square; resize to image_size (bilinear, antialiased); round to float16 "
-        "(mritumor.data.cache.preprocess_image)",
+        "(mritumor.data.loading.cache.preprocess_image)",
         "bag": checkpoint.get("bag"),
         "probabilities": "softmax(type_logits / temperature); hierarchical grade: "
         "P(g) = sum_t P(t) softmax(grade_logits[t])(g)",

@@ -30,10 +30,10 @@ from sklearn.preprocessing import StandardScaler
 
 from mritumor.checkpoints import CheckpointError, load_checkpoint
 from mritumor.config import DataConfig
-from mritumor.data.cache import SliceCache
-from mritumor.data.datasets import rows_of_patients
-from mritumor.data.prepare import prepare_data_for
-from mritumor.data.splits import Split, sample_labelled_patients
+from mritumor.data.loading.cache import SliceCache
+from mritumor.data.loading.datasets import rows_of_patients
+from mritumor.data.loading.prepare import prepare_data_for
+from mritumor.data.loading.splits import Split, sample_labelled_patients
 from mritumor.errors import DataError
 from mritumor.models.backbones import Encoder, build_encoder, encoder_from_config
 from mritumor.models.simclr import extract_encoder_state

@@ -37,7 +37,7 @@ or smaller than half its input size, more labelled patients than a tumour type h
 
 
 def register(subcommands) -> None:
-    from mritumor.data.readers import FORMATS
+    from mritumor.data.reading.readers import FORMATS
 
     parser = add_command(
         subcommands, "adapt", "adapt a multi-task checkpoint to a new site", DESCRIPTION

@@ -105,7 +105,7 @@ def add_data_flags(
     parser: argparse.ArgumentParser, required: bool = True, several: bool = False
 ) -> None:
     """``several``: training commands, which also read several sources at once."""
-    from mritumor.data.readers import FORMATS
+    from mritumor.data.reading.readers import FORMATS
 
     flag(
         parser,
@@ -136,7 +136,7 @@ def add_data_flags(
             help="a YAML file listing sources, each with data_root and optionally name, format, "
             "channel (0-based; e.g. 2 = LGG's post-contrast T1 for a 1-channel model), types "
             "(renames, e.g. astrocytoma: glioma), keep (column: [values]) and masks (false: "
-            "classification only); see mritumor.data.sources",
+            "classification only); see mritumor.data.reading.sources",
         )
         flag(
             parser,
@@ -157,7 +157,7 @@ def add_data_flags(
     flag(parser, "--strict", action="store_true", help="make any skipped file or patient fatal")
 
 
-# mritumor.data.intensity.INTENSITY_METHODS (a test keeps them equal), spelled out so that
+# mritumor.data.loading.intensity.INTENSITY_METHODS (a test keeps them equal), spelled out so that
 # building the command line imports no data code.
 INTENSITY_METHODS = ("percentile", "foreground")
 

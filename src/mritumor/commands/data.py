@@ -10,7 +10,7 @@ from mritumor.errors import DataError
 
 
 def register(subcommands) -> None:
-    from mritumor.data.readers import FORMATS
+    from mritumor.data.reading.readers import FORMATS
 
     data = add_command(subcommands, "data", "generate, inspect and split datasets")
     actions = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -107,7 +107,7 @@ def register(subcommands) -> None:
 
 
 def run_synth(args) -> None:
-    from mritumor.data.synthetic import write_synthetic_dataset
+    from mritumor.data.acquire.synthetic import write_synthetic_dataset
 
     out = write_synthetic_dataset(
         args.out,
@@ -122,9 +122,9 @@ def run_synth(args) -> None:
 
 
 def run_inspect(args) -> None:
-    from mritumor.data.catalog import Problem, raise_if_strict
-    from mritumor.data.inspect import format_report, inspect_catalog
-    from mritumor.data.readers import read_catalog
+    from mritumor.data.reading.catalog import Problem, raise_if_strict
+    from mritumor.data.reading.inspect import format_report, inspect_catalog
+    from mritumor.data.reading.readers import read_catalog
 
     catalog = read_catalog(args.data_root, format=args.format, strict=args.strict)
     report = inspect_catalog(catalog, progress=not (args.json or args.quiet))
@@ -133,8 +133,8 @@ def run_inspect(args) -> None:
 
 
 def run_split(args) -> None:
-    from mritumor.data.readers import read_catalog
-    from mritumor.data.splits import make_folds, make_split
+    from mritumor.data.loading.splits import make_folds, make_split
+    from mritumor.data.reading.readers import read_catalog
 
     table = read_catalog(args.data_root, format=args.format, strict=args.strict).table
     out = Path(args.out)
@@ -156,7 +156,7 @@ def run_split(args) -> None:
 
 
 def run_download(args) -> None:
-    from mritumor.data.download import SOURCES, download_figshare, format_sources
+    from mritumor.data.acquire.download import SOURCES, download_figshare, format_sources
 
     if args.list:
         print(format_sources())
@@ -183,7 +183,7 @@ def run_download(args) -> None:
 
 def _check_manual_source(source, out) -> None:
     """The steps, unless the files are already in place (then: what was found)."""
-    from mritumor.data.download import manual_source_catalog, manual_steps
+    from mritumor.data.acquire.download import manual_source_catalog, manual_steps
 
     catalog, reason = manual_source_catalog(source.name, out)
     if catalog is None:
@@ -198,9 +198,9 @@ def _check_manual_source(source, out) -> None:
 
 
 def run_convert(args) -> None:
-    from mritumor.data.catalog import raise_if_strict
-    from mritumor.data.convert import convert_catalog
-    from mritumor.data.readers import read_catalog
+    from mritumor.data.acquire.convert import convert_catalog
+    from mritumor.data.reading.catalog import raise_if_strict
+    from mritumor.data.reading.readers import read_catalog
 
     catalog = read_catalog(args.data_root, format=args.source_format, strict=args.strict)
     result = convert_catalog(

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mritumor import runfiles
-from mritumor.data.labels import LabelSpace
+from mritumor.data.loading.labels import LabelSpace
 from mritumor.evaluation.bootstrap import bootstrap_intervals
 from mritumor.evaluation.calibration import calibration_errors, plot_reliability_diagram
 from mritumor.evaluation.curves import plot_confusion_matrix, plot_pr_ovr, plot_roc_ovr

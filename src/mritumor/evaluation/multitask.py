@@ -23,7 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from mritumor import runfiles
-from mritumor.data.labels import LabelSpace
+from mritumor.data.loading.labels import LabelSpace
 from mritumor.evaluation.bootstrap import bootstrap_intervals, by_group
 from mritumor.evaluation.calibration import (
     apply_temperature,

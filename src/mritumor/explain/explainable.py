@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mritumor.data.cache import Preprocessing
+from mritumor.data.loading.cache import Preprocessing
 from mritumor.errors import MritumorError
 from mritumor.explain.attribution import (
     BagClassifier,

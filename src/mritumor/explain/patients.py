@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mritumor.data.cache import SliceCache
-from mritumor.data.datasets import bag_positions
+from mritumor.data.loading.cache import SliceCache
+from mritumor.data.loading.datasets import bag_positions
 from mritumor.explain.explainable import ExplainableModel, Settings, compute_maps, rank_slices
 from mritumor.explain.metrics import mask_share, pointing_game_hit, share_in_mask
 from mritumor.explain.plots import draw_overlays, draw_slice_importance

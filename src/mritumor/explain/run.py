@@ -37,8 +37,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from mritumor.data.cache import SliceCache
-from mritumor.data.readers import read_catalog
+from mritumor.data.loading.cache import SliceCache
+from mritumor.data.reading.readers import read_catalog
 from mritumor.errors import MritumorError
 from mritumor.explain.explainable import METHODS, Settings, default_window, explainable_model
 from mritumor.explain.metrics import summarise_scores

@@ -3,13 +3,13 @@ cached ONNX model, ``mritumor predict`` then never imports torch (seconds of sta
 
 Each function mirrors a torch one and is tested against it (``tests/test_engines.py``):
 
-* :func:`preprocess_image` ↔ :func:`mritumor.data.cache.preprocess_image` (clip to percentiles
-  of all pixels or of the foreground, both computed by :mod:`mritumor.data.intensity`, scale to
+* :func:`preprocess_image` ↔ :func:`mritumor.data.loading.cache.preprocess_image` (clip to percentiles
+  of all pixels or of the foreground, both computed by :mod:`mritumor.data.loading.intensity`, scale to
   [0, 1], zero-pad to a centred square, antialiased bilinear resize, float16 rounding).
   The resize uses torch's own weights (``_upsample_bilinear2d_aa``, PIL's triangle filter), so
   the two differ by float32 rounding only: after the float16 rounding a pixel now and then lands
   one float16 step (≤ 4.9e-4) away, far below what moves a probability by 1e-4;
-* :func:`evaluation_bag` ↔ :func:`mritumor.data.datasets.bag_positions` (deterministic policies);
+* :func:`evaluation_bag` ↔ :func:`mritumor.data.loading.datasets.bag_positions` (deterministic policies);
 * :func:`hierarchical_probabilities` ↔ :func:`mritumor.models.hierarchical.hierarchical_probabilities`;
 * :func:`mask_at_original_size` ↔ ``F.interpolate(bilinear, align_corners=False)`` + crop + > 0.
 """
@@ -20,12 +20,14 @@ from functools import lru_cache
 
 import numpy as np
 
-from mritumor.data.intensity import intensity_window  # numpy only: the cache's own statistics
+from mritumor.data.loading.intensity import (
+    intensity_window,  # numpy only: the cache's own statistics
+)
 
 
 def preprocess_image(image: np.ndarray, prep) -> np.ndarray:
     """(C, H, W) raw → (prep.channels, S, S) float32 holding float16 values in [0, 1]; ``prep``
-    is a :class:`~mritumor.data.cache.Preprocessing` or anything with its five fields."""
+    is a :class:`~mritumor.data.loading.cache.Preprocessing` or anything with its five fields."""
     array = match_channels(np.ascontiguousarray(image, dtype=np.float32), prep.channels)
     flat = array.reshape(array.shape[0], -1)
     low, high = intensity_window(flat, prep.intensity, prep.clip_low, prep.clip_high)
@@ -42,7 +44,7 @@ def match_channels(array: np.ndarray, channels: int) -> np.ndarray:
         return np.broadcast_to(array, (channels, *array.shape[1:]))
     if channels == 1:
         return array.mean(axis=0, keepdims=True, dtype=np.float32)
-    from mritumor.data.io import SliceReadError
+    from mritumor.data.reading.io import SliceReadError
 
     raise SliceReadError(f"{array.shape[0]} channels cannot be turned into {channels}")
 
@@ -110,7 +112,7 @@ def mask_at_original_size(logits: np.ndarray, height: int, width: int) -> np.nda
 
 
 def evaluation_bag(n_slices: int, bag_size: int, policy: str) -> list[int]:
-    """The deterministic bags of :func:`mritumor.data.datasets.bag_positions` (``uniform``,
+    """The deterministic bags of :func:`mritumor.data.loading.datasets.bag_positions` (``uniform``,
     ``all``): evenly spaced slices, or all of them when there are no more than ``bag_size``."""
     if policy not in ("uniform", "all"):
         raise ValueError(f"evaluation bags are 'uniform' or 'all', not {policy!r}")

@@ -22,7 +22,7 @@ class Labels:
 
 @dataclass(frozen=True)
 class Prep:
-    """The fields of :class:`mritumor.data.cache.Preprocessing` (which imports torch)."""
+    """The fields of :class:`mritumor.data.loading.cache.Preprocessing` (which imports torch)."""
 
     image_size: int
     channels: int

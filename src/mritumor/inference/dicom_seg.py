@@ -66,7 +66,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from mritumor import __version__
-from mritumor.data import io
+from mritumor.data.reading import io
 from mritumor.errors import DataError
 
 MANUFACTURER = "mritumor"

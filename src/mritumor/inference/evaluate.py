@@ -38,9 +38,9 @@ def evaluate_checkpoint(
     ``engine``: what runs the network (:func:`~mritumor.inference.engines.select_onnx`;
     ``torch`` runs the checkpoint's network exactly as training's test part does); ``tta``:
     views averaged per slice (:mod:`~mritumor.inference.tta`; 1: none)."""
-    from mritumor.data.cache import SliceCache, infer_channels
-    from mritumor.data.readers import read_catalog
-    from mritumor.data.splits import Split, load_split
+    from mritumor.data.loading.cache import SliceCache, infer_channels
+    from mritumor.data.loading.splits import Split, load_split
+    from mritumor.data.reading.readers import read_catalog
     from mritumor.inference.engines import TorchEngine, select_onnx
     from mritumor.inference.tta import TTAEngine, check_views
     from mritumor.resources import check_writable
@@ -135,7 +135,7 @@ def evaluate_checkpoint(
 def _evaluate_hierarchical(loaded, cache, patients, outdir, temperature, batch_size, n_boot, seed, engine=None):  # fmt: skip
     from torch.utils.data import DataLoader
 
-    from mritumor.data.datasets import PatientBagDataset, collate_bags
+    from mritumor.data.loading.datasets import PatientBagDataset, collate_bags
     from mritumor.evaluation.hierarchical import evaluate_hierarchical
     from mritumor.evaluation.uncertainty import write_test_uncertainty
     from mritumor.inference.arrays import hierarchical_probabilities
@@ -172,7 +172,7 @@ def _evaluate_multitask(
 ):
     from torch.utils.data import DataLoader
 
-    from mritumor.data.datasets import SliceDataset, rows_of_patients
+    from mritumor.data.loading.datasets import SliceDataset, rows_of_patients
     from mritumor.evaluation.multitask import evaluate_multitask
     from mritumor.evaluation.uncertainty import ood_features, softmax, write_test_uncertainty
     from mritumor.inference.loops import predict_slices  # the loop training's test part uses

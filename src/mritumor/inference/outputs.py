@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mritumor.data import io
+from mritumor.data.reading import io
 from mritumor.errors import MritumorError
 from mritumor.inference.inputs import PatientInput, SliceRef, file_name, slice_stem, stem
 

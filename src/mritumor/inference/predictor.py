@@ -1,7 +1,7 @@
 """A model applied to one :class:`~mritumor.inference.inputs.PatientInput`, or a stream of them.
 
 Each slice is decoded and preprocessed exactly as the training cache does
-(:func:`mritumor.data.cache.preprocess_image`, float16 storage included; with ONNX Runtime its
+(:func:`mritumor.data.loading.cache.preprocess_image`, float16 storage included; with ONNX Runtime its
 numpy twin), so a slice gives the network the tensor it gave it in evaluation. Hierarchical
 models see the checkpoint's evaluation bag (``bag_size`` evenly spaced slices; ``all_slices``
 for every slice), multi-task models every slice. The network runs in an engine
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mritumor.data import io
+from mritumor.data.reading import io
 from mritumor.errors import DataError
 from mritumor.inference import arrays
 from mritumor.inference.checks import check_channels
@@ -118,7 +118,7 @@ class Predictor:
         self.engine = engine if engine is not None else TorchEngine(loaded, channels_last)
         self.model = getattr(self.engine, "model", None)  # the torch network, torch engine only
         if self.engine.name == "torch":
-            from mritumor.data.cache import preprocess_image
+            from mritumor.data.loading.cache import preprocess_image
 
             self._preprocess = lambda image, prep: preprocess_image(image, prep).float().numpy()
         else:
@@ -430,7 +430,7 @@ def add_physical_sizes(record: dict, patient: PatientInput, whole_stack: bool) -
 
 def mask_at_original_size(logits, height: int, width: int) -> np.ndarray:
     """(S, S) mask logits (array or CPU tensor) → (height, width) bool: the inverse of the
-    cache's :func:`~mritumor.data.cache.resize_square` (zero-pad to a centred square, resize):
+    cache's :func:`~mritumor.data.loading.cache.resize_square` (zero-pad to a centred square, resize):
     the logits are resized back to the square bilinearly, the padding is cropped, then > 0."""
     return arrays.mask_at_original_size(np.asarray(logits, dtype=np.float32), height, width)
 

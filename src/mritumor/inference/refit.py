@@ -76,9 +76,9 @@ def refit_uncertainty(
     from torch.utils.data import DataLoader
 
     from mritumor.checkpoints import save_checkpoint
-    from mritumor.data.cache import SliceCache
-    from mritumor.data.datasets import SliceDataset, rows_of_patients
-    from mritumor.data.prepare import read_data
+    from mritumor.data.loading.cache import SliceCache
+    from mritumor.data.loading.datasets import SliceDataset, rows_of_patients
+    from mritumor.data.loading.prepare import read_data
     from mritumor.models.loading import load_model
 
     if Path(output).resolve() == Path(checkpoint).resolve():  # resolve: links and ../ too

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from mritumor.data.sequences import T1_POST, normalise
+from mritumor.data.reading.sequences import T1_POST, normalise
 
 _WORDS = [  # first match wins: T1 before FLAIR ("T1 FLAIR" is GE's T1-weighted IR)
     ("T1", r"T1|MPRAGE|MP[ _-]RAGE|SPGR|BRAVO|\bTFE\b|\bVIBE\b"),

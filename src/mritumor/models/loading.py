@@ -6,8 +6,8 @@ refused, saying what it is). Training (:mod:`mritumor.tasks`), ``evaluate``, ``p
 ``explain`` and ``export`` all load through it.
 
 Layering: this module imports torch, :mod:`mritumor.checkpoints`, the model packages and the
-two plain records a network comes with (:class:`~mritumor.data.labels.LabelSpace`,
-:class:`~mritumor.data.cache.Preprocessing`), never Lightning or :mod:`mritumor.tasks`: a
+two plain records a network comes with (:class:`~mritumor.data.loading.labels.LabelSpace`,
+:class:`~mritumor.data.loading.cache.Preprocessing`), never Lightning or :mod:`mritumor.tasks`: a
 one-patient prediction must not pay Lightning's seconds of start-up.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 from torch import nn
 
 from mritumor.checkpoints import CheckpointError, load_checkpoint
-from mritumor.data.cache import Preprocessing
-from mritumor.data.labels import LabelSpace
+from mritumor.data.loading.cache import Preprocessing
+from mritumor.data.loading.labels import LabelSpace
 from mritumor.models.backbones import encoder_from_config, input_statistics
 from mritumor.models.hierarchical import TwoStepClassifier
 from mritumor.models.multitask import MultiTaskNet, build_multitask_model

@@ -154,7 +154,7 @@ def predict_upload(
     n_slices = sum(len(p.slices) for p in patients)
     if n_slices > limits.max_slices:
         raise UploadError(f"{n_slices} slices in the upload; at most {limits.max_slices}", 413)
-    records = []
+    records: list[dict] = []
     for patient in patients:
         if cancelled():
             raise Cancelled()

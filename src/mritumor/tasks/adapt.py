@@ -32,11 +32,11 @@ from tqdm.auto import tqdm
 from mritumor import runfiles
 from mritumor.checkpoints import run_metadata, save_checkpoint
 from mritumor.config import AdaptConfig, save_resolved_config
-from mritumor.data import io
-from mritumor.data.cache import Preprocessing, SliceCache
-from mritumor.data.datasets import SliceDataset, rows_of_patients
-from mritumor.data.readers import read_catalog
-from mritumor.data.splits import Split
+from mritumor.data.loading.cache import Preprocessing, SliceCache
+from mritumor.data.loading.datasets import SliceDataset, rows_of_patients
+from mritumor.data.loading.splits import Split
+from mritumor.data.reading import io
+from mritumor.data.reading.readers import read_catalog
 from mritumor.errors import DataError, MritumorError
 from mritumor.evaluation.calibration import fit_temperature
 from mritumor.evaluation.conformal import check_options

@@ -26,13 +26,13 @@ from mritumor.checkpoints import (
     save_checkpoint,
 )
 from mritumor.config import HierarchicalConfig, save_resolved_config
-from mritumor.data.datasets import PatientBagDataset, collate_bags
-from mritumor.data.device_data import DeviceBagLoader
-from mritumor.data.fast_path import batch_augment, training_data_device, training_transform
-from mritumor.data.labels import LabelSpace
-from mritumor.data.prepare import PreparedData, prepare_data_for
-from mritumor.data.sequences import training_data
-from mritumor.data.splits import Split, make_folds, sample_labelled_patients
+from mritumor.data.loading.datasets import PatientBagDataset, collate_bags
+from mritumor.data.loading.device_data import DeviceBagLoader
+from mritumor.data.loading.fast_path import batch_augment, training_data_device, training_transform
+from mritumor.data.loading.labels import LabelSpace
+from mritumor.data.loading.prepare import PreparedData, prepare_data_for
+from mritumor.data.loading.splits import Split, make_folds, sample_labelled_patients
+from mritumor.data.reading.sequences import training_data
 from mritumor.evaluation.calibration import fit_temperature
 from mritumor.evaluation.conformal import check_options
 from mritumor.evaluation.hierarchical import evaluate_hierarchical

@@ -29,14 +29,14 @@ from mritumor.checkpoints import (
     save_checkpoint,
 )
 from mritumor.config import MultitaskConfig, save_resolved_config
-from mritumor.data.datasets import SliceDataset, identity, rows_of_patients
-from mritumor.data.device_data import DeviceSliceLoader
-from mritumor.data.fast_path import batch_augment, training_data_device, training_transform
-from mritumor.data.labels import LabelSpace
-from mritumor.data.prepare import PreparedData, prepare_data_for
-from mritumor.data.sequences import training_data
-from mritumor.data.sources import source_balanced_weights
-from mritumor.data.splits import Split, leave_one_source_out
+from mritumor.data.loading.datasets import SliceDataset, identity, rows_of_patients
+from mritumor.data.loading.device_data import DeviceSliceLoader
+from mritumor.data.loading.fast_path import batch_augment, training_data_device, training_transform
+from mritumor.data.loading.labels import LabelSpace
+from mritumor.data.loading.prepare import PreparedData, prepare_data_for
+from mritumor.data.loading.splits import Split, leave_one_source_out
+from mritumor.data.reading.sequences import training_data
+from mritumor.data.reading.sources import source_balanced_weights
 from mritumor.errors import DataError
 from mritumor.evaluation.calibration import fit_temperature
 from mritumor.evaluation.conformal import check_options

@@ -1,7 +1,7 @@
 """SimCLR pretraining: :class:`SimCLRTask` (the LightningModule) and :func:`pretrain` (the
 ``mritumor pretrain`` command).
 
-Data: the patient-level split of :func:`~mritumor.data.prepare.prepare_data`. The encoder trains
+Data: the patient-level split of :func:`~mritumor.data.loading.prepare.prepare_data`. The encoder trains
 on the *train* patients and the best epoch is chosen on the *val* patients. The *test* patients
 are left out altogether, although no label is ever read: downstream models and
 ``mritumor evaluate-ssl`` can then re-use this run's ``split.json`` (``--split_file``) and be
@@ -48,12 +48,12 @@ from mritumor.checkpoints import (
     save_checkpoint,
 )
 from mritumor.config import PretrainConfig, save_resolved_config
-from mritumor.data.batch_augment import BatchAugment
-from mritumor.data.datasets import ContrastivePairDataset, rows_of_patients
-from mritumor.data.device_data import DevicePairLoader
-from mritumor.data.fast_path import training_data_device
-from mritumor.data.prepare import PreparedData, prepare_data_for
-from mritumor.data.transforms import build_transform
+from mritumor.data.augment.batch_augment import BatchAugment
+from mritumor.data.augment.transforms import build_transform
+from mritumor.data.loading.datasets import ContrastivePairDataset, rows_of_patients
+from mritumor.data.loading.device_data import DevicePairLoader
+from mritumor.data.loading.fast_path import training_data_device
+from mritumor.data.loading.prepare import PreparedData, prepare_data_for
 from mritumor.errors import DataError, MritumorError
 from mritumor.losses import nt_xent_loss
 from mritumor.models.backbones import build_encoder

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mritumor.config import HierarchicalConfig, MultitaskConfig
-from mritumor.data.datasets import PatientBagDataset, SliceDataset, collate_bags, identity
+from mritumor.data.loading.datasets import PatientBagDataset, SliceDataset, collate_bags, identity
 from mritumor.evaluation.conformal import calibration_scores
 from mritumor.evaluation.uncertainty import fit_uncertainty, mondrian_scores
 from mritumor.inference.loops import predict_bags

@@ -4,7 +4,7 @@ Inputs are a float image tensor ``(C, H, W)`` with values in [0, 1] (C = 1, or o
 MRI sequence) and an optional uint8 mask ``(1, H, W)`` with values {0, 1}. Outputs are a float32
 image ``(C, S, S)`` clipped to [0, 1] and a uint8 mask ``(1, S, S)`` (or ``None``).
 
-There is one implementation of the ops: :class:`mritumor.data.batch_augment.BatchAugment`.
+There is one implementation of the ops: :class:`mritumor.data.augment.batch_augment.BatchAugment`.
 ``MRIAugment`` (what DataLoader workers call per slice) runs it on a batch of one, and
 ``EvalTransform`` runs its eval resize. Per slice this is also faster than the torchvision v2 +
 MONAI pipeline it replaces (one composed resampling instead of two, no MetaTensor wrapping);
@@ -148,7 +148,7 @@ class MRIAugment:
         self, image_size: int, config: AugmentConfig = AugmentConfig(), strength: str = "train"
     ) -> None:
         # Imported here: batch_augment imports AugmentConfig from this module.
-        from mritumor.data.batch_augment import BatchAugment
+        from mritumor.data.augment.batch_augment import BatchAugment
 
         _check_image_size(image_size)
         _check(strength in STRENGTHS, f"strength must be one of {STRENGTHS}, got {strength!r}")
@@ -181,7 +181,7 @@ class EvalTransform:
     def __call__(
         self, image: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        from mritumor.data.batch_augment import resize_batch  # see MRIAugment.__init__
+        from mritumor.data.augment.batch_augment import resize_batch  # see MRIAugment.__init__
 
         image, mask = _validated(image, mask)
         images, masks = resize_batch(

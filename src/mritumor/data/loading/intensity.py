@@ -1,7 +1,7 @@
 """The intensity window of a slice: which raw values become 0 and 1, per channel.
 
 numpy only, so that both the cache's torch preprocessing
-(:func:`mritumor.data.cache.preprocess_image`) and its numpy twin for the ONNX path
+(:func:`mritumor.data.loading.cache.preprocess_image`) and its numpy twin for the ONNX path
 (:func:`mritumor.inference.arrays.preprocess_image`, which must not import torch) compute the
 same statistics from one piece of code.
 

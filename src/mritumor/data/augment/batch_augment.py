@@ -2,7 +2,7 @@
 
 :class:`BatchAugment` takes a whole batch ``images (B, C, H, W)`` float (and optionally
 ``masks (B, 1, H, W)``) on any device and returns ``(B, C, S, S)`` float32 images clipped to
-[0, 1] and ``(B, 1, S, S)`` uint8 masks. :mod:`mritumor.data.transforms` runs it on a batch of
+[0, 1] and ``(B, 1, S, S)`` uint8 masks. :mod:`mritumor.data.augment.transforms` runs it on a batch of
 one per slice (DataLoader workers); the default device path runs it on whole batches. Every
 random parameter is drawn for the whole batch at once as a tensor on the device (from a
 ``torch.Generator`` of that device, or its global RNG), and every op is applied to all samples
@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # The kernels live in augment_ops (this file's length); they stay importable from here.
-from mritumor.data.augment_ops import (
+from mritumor.data.augment.augment_ops import (
     _clipped,
     _per_sample,
     _validated,
@@ -63,7 +63,7 @@ from mritumor.data.augment_ops import (
     resize_batch,
     sample_crop_boxes,
 )
-from mritumor.data.transforms import SSL_CONFIG, AugmentConfig
+from mritumor.data.augment.transforms import SSL_CONFIG, AugmentConfig
 
 __all__ = [
     "AugmentParams",
@@ -270,7 +270,7 @@ class BatchAugment(nn.Module):
 
 
 def build_batch_augment(kind: str, size: int, config: AugmentConfig | None = None) -> BatchAugment:
-    """The batched counterpart of :func:`mritumor.data.transforms.build_transform`."""
+    """The batched counterpart of :func:`mritumor.data.augment.transforms.build_transform`."""
     return BatchAugment(config, size, kind)
 
 

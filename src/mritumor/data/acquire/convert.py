@@ -26,14 +26,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from mritumor import __version__
-from mritumor.data import io
-from mritumor.data.catalog import REQUIRED_COLUMNS, Catalog, Problem
-from mritumor.data.readers.folder import CLASS_FOLDER
+from mritumor.data.reading import io
+from mritumor.data.reading.catalog import REQUIRED_COLUMNS, Catalog, Problem
+from mritumor.data.reading.readers.folder import CLASS_FOLDER
 from mritumor.errors import DataError
 from mritumor.resources import check_free_space, check_writable
 
 OUTPUT_FORMATS = ("png", "npy")
-CLIP_PERCENTILES = (0.5, 99.5)  # mritumor.data.cache.Preprocessing's defaults
+CLIP_PERCENTILES = (0.5, 99.5)  # mritumor.data.loading.cache.Preprocessing's defaults
 # columns of the written manifest that a source's extra column of the same name would clash with
 _OWN_COLUMNS = {"slice_index", "original_image", "original_frame", "original_source"}
 
@@ -179,7 +179,7 @@ def _plan_folders(table: pd.DataFrame) -> dict[str, str]:
 def _resize(image: np.ndarray, mask: np.ndarray | None, size: int):
     import torch
 
-    from mritumor.data.cache import resize_square
+    from mritumor.data.loading.cache import resize_square
 
     image = resize_square(torch.from_numpy(image), size, "bilinear").clamp_(0, 1).numpy()
     if mask is not None:

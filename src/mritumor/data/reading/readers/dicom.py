@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mritumor.data import io
-from mritumor.data.catalog import Problem
+from mritumor.data.reading import io
+from mritumor.data.reading.catalog import Problem
 
 # ImageOrientationPatient when the tag is absent: an axial slice (normal +z), so a series
 # with positions but no orientation is ordered by z, as it always was.

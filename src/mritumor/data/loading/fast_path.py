@@ -2,7 +2,7 @@
 
 ``--data_on_device auto`` (the default) keeps the whole cached training set in the training
 device's memory (the GPU's, or on a CPU run the process's own) and cuts and augments batches
-there (:mod:`mritumor.data.device_data`) when that is safe:
+there (:mod:`mritumor.data.loading.device_data`) when that is safe:
 
 * the run is one process on one device (the device loaders do not shard across DDP processes,
   so with several every process would see every slice: those runs keep the DataLoader and its
@@ -30,9 +30,9 @@ import logging
 import torch
 
 from mritumor.config import TrainerConfig
-from mritumor.data.batch_augment import BatchAugment
-from mritumor.data.device_data import cache_nbytes, fits_on_device
-from mritumor.data.transforms import SHIFT_CONFIG, AugmentConfig, build_transform
+from mritumor.data.augment.batch_augment import BatchAugment
+from mritumor.data.augment.transforms import SHIFT_CONFIG, AugmentConfig, build_transform
+from mritumor.data.loading.device_data import cache_nbytes, fits_on_device
 from mritumor.errors import MritumorError
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def augment_config(augment: str) -> AugmentConfig | None:
     augmentation; light keeps ≥ 90 % of the slice in the crop (small tumours at the edge of the
     brain stay in view) and rotates at most 5°; shift adds what other scanners and planes do to
     a slice (strong gamma and bias field, blur, down-/up-sampling, vertical flips and 90°
-    turns: :data:`~mritumor.data.transforms.SHIFT_CONFIG`); none is ``None``."""
+    turns: :data:`~mritumor.data.augment.transforms.SHIFT_CONFIG`); none is ``None``."""
     if augment == "none":
         return None
     if augment == "light":

@@ -1,9 +1,9 @@
 """The whole cached dataset on the device, batches cut and augmented there.
 
-When a :class:`~mritumor.data.cache.SliceCache`'s arrays fit in the accelerator's memory
+When a :class:`~mritumor.data.loading.cache.SliceCache`'s arrays fit in the accelerator's memory
 (:func:`fits_on_device`; figshare's and LGG's slices take well under 1 GB at 224 px in float16),
 they are copied there once and every batch is an ``index_select`` of a permutation drawn on the
-device, followed by :class:`~mritumor.data.batch_augment.BatchAugment`: no worker processes, no
+device, followed by :class:`~mritumor.data.augment.batch_augment.BatchAugment`: no worker processes, no
 per-batch host-to-device copy, and no host synchronisation in the batch path (shapes and
 batch counts are Python ints known up front; nothing reads a device value back).
 
@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mritumor.data.batch_augment import BatchAugment
-from mritumor.data.cache import available_memory
-from mritumor.data.datasets import bag_positions
+from mritumor.data.augment.batch_augment import BatchAugment
+from mritumor.data.loading.cache import available_memory
+from mritumor.data.loading.datasets import bag_positions
 
 if TYPE_CHECKING:
-    from mritumor.data.cache import SliceCache
-    from mritumor.data.labels import LabelSpace
+    from mritumor.data.loading.cache import SliceCache
+    from mritumor.data.loading.labels import LabelSpace
 
 __all__ = [
     "DeviceBagLoader",
@@ -287,7 +287,7 @@ class DeviceBagLoader(_DeviceBatches):
     ``images``: (N, C, S, S) float, the patients' slices; ``patient_slices``: for each patient,
     the indices of its slices in ``images`` in anatomical order; ``rows``: (N,) the cache rows
     reported in ``rows`` (default ``arange(N)``); ``tumor_type`` / ``grade``: (P,) per patient.
-    Bags follow :func:`~mritumor.data.datasets.bag_positions`: ``uniform`` and ``all`` are fixed
+    Bags follow :func:`~mritumor.data.loading.datasets.bag_positions`: ``uniform`` and ``all`` are fixed
     tables built once; ``random`` draws, per bag, the ``bag_size`` slices with the smallest of
     i.i.d. uniform keys (a uniformly random subset, as ``randperm(n)[:bag_size]``), in order.
     ``weights`` (P,) switches the shuffle to sampling P patients with replacement in proportion

@@ -6,8 +6,8 @@ import os
 import re
 from pathlib import Path
 
-from mritumor.data import io
-from mritumor.data.catalog import Problem
+from mritumor.data.reading import io
+from mritumor.data.reading.catalog import Problem
 
 MASK_NAME = re.compile(r"(^|[_\-. ])(mask|seg|label|roi)s?([_\-. ]|$)", re.I)
 

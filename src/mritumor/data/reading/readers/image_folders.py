@@ -13,9 +13,9 @@ import logging
 import re
 from pathlib import Path
 
-from mritumor.data import io
-from mritumor.data.catalog import Catalog, Problem, make_table, natural_key
-from mritumor.data.readers.common import file_stem, is_mask_file
+from mritumor.data.reading import io
+from mritumor.data.reading.catalog import Catalog, Problem, make_table, natural_key
+from mritumor.data.reading.readers.common import file_stem, is_mask_file
 
 log = logging.getLogger(__name__)
 

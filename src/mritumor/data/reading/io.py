@@ -1,7 +1,7 @@
 """Decoding one slice (image or mask) from any supported file, with size checks before allocation.
 
 Every function raises :class:`SliceReadError` with a reason a user can act on; callers turn
-it into a counted, skipped :class:`~mritumor.data.catalog.Problem`.
+it into a counted, skipped :class:`~mritumor.data.reading.catalog.Problem`.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm.auto import tqdm
 
-from mritumor.data import io
-from mritumor.data.catalog import Catalog, Problem, safe_text
+from mritumor.data.reading import io
+from mritumor.data.reading.catalog import Catalog, Problem, safe_text
 
 
 def inspect_catalog(catalog: Catalog, progress: bool = True) -> dict:

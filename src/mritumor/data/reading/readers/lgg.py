@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mritumor.data.catalog import Catalog, Problem, make_table, natural_key
-from mritumor.data.sequences import picked_channel_sequence
+from mritumor.data.reading.catalog import Catalog, Problem, make_table, natural_key
+from mritumor.data.reading.sequences import picked_channel_sequence
 from mritumor.errors import DataError
 
 LGG_TYPES = {1: "astrocytoma", 2: "oligoastrocytoma", 3: "oligodendroglioma"}

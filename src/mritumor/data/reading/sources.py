@@ -1,12 +1,12 @@
 """Several data sources in one catalog: ``--data_root`` given more than once, or a sources file.
 
-Each source is read by its own reader (:func:`~mritumor.data.readers.read_catalog`), then
+Each source is read by its own reader (:func:`~mritumor.data.reading.readers.read_catalog`), then
 shaped by its :class:`SourceSpec`: rows kept by column values, tumour types renamed, masks
 dropped (the source then trains classification only), and one channel picked (LGG's
 post-contrast T1 for a 1-channel model). The combined catalog's ``source`` column holds the
 source's name (the reader's own value moves to ``origin``); patient ids and families are
 prefixed with it (``lgg:TCGA_CS_4941``) so that two sources can never share a patient, and
-splits are made within each source (:func:`mritumor.data.splits.make_split` with
+splits are made within each source (:func:`mritumor.data.loading.splits.make_split` with
 ``within="source"``).
 
 A sources file (YAML) lists the sources; relative paths are resolved against the file::
@@ -31,8 +31,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from mritumor.data.catalog import Catalog, check_not_empty
-from mritumor.data.sequences import normalise, picked_channel_sequence
+from mritumor.data.reading.catalog import Catalog, check_not_empty
+from mritumor.data.reading.sequences import normalise, picked_channel_sequence
 from mritumor.errors import DataError
 
 MULTI_SOURCE = "multi"  # Catalog.source of a combined catalog
@@ -126,7 +126,7 @@ def read_sources_file(path: str | Path) -> list[SourceSpec]:
 
 def read_sources(specs: list[SourceSpec], strict: bool = False) -> Catalog:
     """One catalog of every source (see the module doc)."""
-    from mritumor.data.readers import read_catalog
+    from mritumor.data.reading.readers import read_catalog
 
     names = [spec.resolved_name for spec in specs]
     for name in names:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mritumor.data import io
-from mritumor.data.catalog import Catalog, Problem, make_table, natural_key
-from mritumor.data.readers.common import file_stem, is_mask_file, walk_files
-from mritumor.data.readers.dicom import DicomSeries, dicomdir_files, read_series
+from mritumor.data.reading import io
+from mritumor.data.reading.catalog import Catalog, Problem, make_table, natural_key
+from mritumor.data.reading.readers.common import file_stem, is_mask_file, walk_files
+from mritumor.data.reading.readers.dicom import DicomSeries, dicomdir_files, read_series
 from mritumor.errors import DataError
 
 CLASS_FOLDER = re.compile(
@@ -167,7 +167,7 @@ def patient_series(
 ) -> tuple[list[DicomSeries], list[Problem]] | None:
     """A patient folder's DICOM image series and what was skipped (localizers, objects
     without pixels, other modalities unless ``any_modality``: see
-    :func:`~mritumor.data.readers.dicom.read_series`); None when the folder holds a NIfTI
+    :func:`~mritumor.data.reading.readers.dicom.read_series`); None when the folder holds a NIfTI
     volume or no DICOM file (read it with :func:`patient_rows`)."""
     files, skipped = _patient_files(folder)
     if any(io.suffix_of(f) in io.NIFTI_SUFFIXES for f in files):

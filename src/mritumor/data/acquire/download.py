@@ -4,7 +4,7 @@ The Figshare brain-tumour release is downloaded through ``pooch``: the file list
 the Figshare API at run time (names, download URLs and md5 as the API gives them), becomes a
 pooch registry, and each file is fetched with :class:`ResumableDownloader` (an interrupted
 transfer continues where it stopped on the next try or run) and verified against the
-listing's md5 by pooch before :func:`~mritumor.data.archives.safe_unpack` touches it. A file
+listing's md5 by pooch before :func:`~mritumor.data.acquire.archives.safe_unpack` touches it. A file
 that does not match is deleted and named with both checksums; nothing of it is unpacked.
 
 A mirror (``base_url`` or the ``MRITUMOR_MIRROR`` environment variable) is any HTTP folder
@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from tqdm.auto import tqdm
 
-from mritumor.data.archives import is_archive, safe_unpack
+from mritumor.data.acquire.archives import is_archive, safe_unpack
 from mritumor.errors import DataError
 from mritumor.resources import check_free_space, check_writable
 
@@ -135,7 +135,7 @@ def manual_steps(name: str, out: str | Path) -> str:
 def manual_source_catalog(name: str, out: str | Path):
     """(catalog, None) when an account-only source's files are in place in ``out`` and read as
     that source; else (None, why not), the reason empty when ``out`` is absent or empty."""
-    from mritumor.data.readers import read_catalog
+    from mritumor.data.reading.readers import read_catalog
 
     root = Path(out)
     if not root.is_dir() or not any(root.iterdir()):

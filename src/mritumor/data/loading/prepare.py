@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mritumor import runfiles
-from mritumor.data.cache import Preprocessing, SliceCache, infer_channels
-from mritumor.data.catalog import Catalog
-from mritumor.data.labels import LabelSpace
-from mritumor.data.readers import read_catalog
-from mritumor.data.sequences import normalise
-from mritumor.data.sources import MULTI_SOURCE, read_sources, source_specs
-from mritumor.data.splits import Split, load_split, make_split
+from mritumor.data.loading.cache import Preprocessing, SliceCache, infer_channels
+from mritumor.data.loading.labels import LabelSpace
+from mritumor.data.loading.splits import Split, load_split, make_split
+from mritumor.data.reading.catalog import Catalog
+from mritumor.data.reading.readers import read_catalog
+from mritumor.data.reading.sequences import normalise
+from mritumor.data.reading.sources import MULTI_SOURCE, read_sources, source_specs
 from mritumor.errors import DataError
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def read_data(
     data_root, format: str | None = None, strict: bool = False, source_name=None, sources=None
 ) -> Catalog:
     """The catalog of ``--data_root`` (one root: its reader, as always; several roots, names or
-    a ``--sources`` file: :func:`mritumor.data.sources.read_sources`)."""
+    a ``--sources`` file: :func:`mritumor.data.reading.sources.read_sources`)."""
     if not is_multi_source(data_root, source_name, sources):
         root = data_root if isinstance(data_root, str | Path) else data_root[0]
         return read_catalog(root, format=format, strict=strict)

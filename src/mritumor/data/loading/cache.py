@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mritumor.data import io
-from mritumor.data.catalog import Catalog, Problem, check_not_empty, raise_if_strict
-from mritumor.data.intensity import (
+from mritumor.data.loading.intensity import (
     FOREGROUND_FRACTION,
     INTENSITY_METHODS,
     MIN_FOREGROUND,
     intensity_window,
 )
+from mritumor.data.reading import io
+from mritumor.data.reading.catalog import Catalog, Problem, check_not_empty, raise_if_strict
 from mritumor.resources import ResourceError, check_free_space, check_writable
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class Preprocessing:
     channels: int = 1
     clip_low: float = 0.5  # percentiles: robust to the few extreme voxels MRI often has
     clip_high: float = 99.5
-    # over which pixels the clip percentiles are taken (mritumor.data.intensity): all of them,
+    # over which pixels the clip percentiles are taken (mritumor.data.loading.intensity): all of them,
     # or the head only (background then 0)
     intensity: str = "percentile"
 
@@ -65,7 +65,7 @@ class Preprocessing:
 
 def preprocess_image(image: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     """(C, H, W) raw → (prep.channels, S, S) float16 in [0, 1]: each channel clipped to its
-    intensity window (:mod:`mritumor.data.intensity`; for ``foreground`` the background lies
+    intensity window (:mod:`mritumor.data.loading.intensity`; for ``foreground`` the background lies
     below it and becomes 0), scaled, then padded to a square and resized."""
     tensor = match_channels(
         torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), prep.channels

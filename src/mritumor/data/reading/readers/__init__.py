@@ -17,30 +17,30 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mritumor.data.catalog import (
+from mritumor.data.reading.catalog import (
     Catalog,
     check_not_empty,
     drop_conflicting_patients,
     raise_if_strict,
     summarise_problems,
 )
-from mritumor.data.readers.common import MASK_NAME, walk_files
-from mritumor.data.readers.dicom import DicomSeries, dicom_rows, read_series, slice_position
-from mritumor.data.readers.figshare import FIGSHARE_LABELS, read_figshare_mat
-from mritumor.data.readers.folder import (
+from mritumor.data.reading.readers.common import MASK_NAME, walk_files
+from mritumor.data.reading.readers.dicom import DicomSeries, dicom_rows, read_series, slice_position
+from mritumor.data.reading.readers.figshare import FIGSHARE_LABELS, read_figshare_mat
+from mritumor.data.reading.readers.folder import (
     CLASS_FOLDER,
     dicom_files,
     patient_rows,
     patient_series,
     read_folder_tree,
 )
-from mritumor.data.readers.image_folders import (
+from mritumor.data.reading.readers.image_folders import (
     LEAKAGE_WARNING,
     looks_like_image_folders,
     read_image_folders,
 )
-from mritumor.data.readers.lgg import LGG_GRADES, LGG_TYPES, find_lgg_cases, read_lgg_kaggle
-from mritumor.data.readers.manifest import read_manifest
+from mritumor.data.reading.readers.lgg import LGG_GRADES, LGG_TYPES, find_lgg_cases, read_lgg_kaggle
+from mritumor.data.reading.readers.manifest import read_manifest
 from mritumor.errors import DataError
 
 __all__ = [

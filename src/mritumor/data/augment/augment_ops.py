@@ -1,4 +1,4 @@
-"""The tensor kernels of :class:`mritumor.data.batch_augment.BatchAugment`, one per op.
+"""The tensor kernels of :class:`mritumor.data.augment.batch_augment.BatchAugment`, one per op.
 
 Each takes a batch and its per-sample parameters as tensors on the batch's device and works on
 all samples at once, with no read-back to the host (the module doc of ``batch_augment`` says

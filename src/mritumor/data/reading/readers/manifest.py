@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mritumor.data.catalog import Catalog, Problem, make_table, normalise_grade
-from mritumor.data.sequences import picked_channel_sequence
+from mritumor.data.reading.catalog import Catalog, Problem, make_table, normalise_grade
+from mritumor.data.reading.sequences import picked_channel_sequence
 from mritumor.errors import DataError
 
 

@@ -1,7 +1,7 @@
 """Torch datasets over a :class:`SliceCache`: slices, contrastive pairs, patient bags.
 
 They only index the cache's arrays and apply a transform ``(image, mask) -> (image, mask)``
-(see :mod:`mritumor.data.transforms`); nothing here decodes a file.
+(see :mod:`mritumor.data.augment.transforms`); nothing here decodes a file.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mritumor.data.cache import SliceCache
-from mritumor.data.labels import LabelSpace
+from mritumor.data.loading.cache import SliceCache
+from mritumor.data.loading.labels import LabelSpace
 
 Transform = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
 BAG_POLICIES = ("uniform", "random", "all")

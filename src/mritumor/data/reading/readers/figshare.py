@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mritumor.data import io
-from mritumor.data.catalog import Catalog, Problem, make_table, natural_key
-from mritumor.data.readers.common import walk_files
-from mritumor.data.sequences import T1_POST
+from mritumor.data.reading import io
+from mritumor.data.reading.catalog import Catalog, Problem, make_table, natural_key
+from mritumor.data.reading.readers.common import walk_files
+from mritumor.data.reading.sequences import T1_POST
 
 FIGSHARE_LABELS = {1: "meningioma", 2: "glioma", 3: "pituitary"}
 
