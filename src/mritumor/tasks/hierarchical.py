@@ -426,7 +426,7 @@ def checkpoint_payload(
         },
         "config": config.scalar_flags(),
         "metadata": run_metadata(),
-        "training_data": training_data(data.catalog.subset(split.train).table),
+        "training_data": training_data(data.cache.catalog.subset(split.train).table),
     }
 
 

@@ -488,5 +488,5 @@ def checkpoint_payload(
         "split": {"train": split.train, "val": split.val, "test": split.test},
         "config": config.scalar_flags(),
         "metadata": run_metadata(),
-        "training_data": training_data(data.catalog.subset(split.train).table),
+        "training_data": training_data(data.cache.catalog.subset(split.train).table),
     }
