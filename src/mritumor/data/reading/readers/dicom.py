@@ -121,7 +121,7 @@ def _read_header(path: Path):
     try:
         return io.read_dicom_dataset(path, defer_size=64)
     except io.SliceReadError as error:
-        return str(error)
+        return f"unreadable DICOM file ({error})"
     except Exception as error:  # pydicom raises many types on damaged files
         return f"unreadable DICOM file ({type(error).__name__})"
 
