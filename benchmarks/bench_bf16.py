@@ -76,16 +76,10 @@ def cpu_model_name() -> str:
 
 def proc_cpuinfo_flags(names=("avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")):
     """Which of ``names`` the kernel lists in /proc/cpuinfo (None off Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return None
-    flags: set[str] = set()
-    for line in text.splitlines():
-        name, _, values = line.partition(":")
-        if name.strip() == "flags":
-            flags.update(values.split())
-    return {name: name in flags for name in names}
+    from mritumor.training import cpuinfo_flags
+
+    flags = cpuinfo_flags()
+    return None if flags is None else {name: name in flags for name in names}
 
 
 def machine() -> dict:

@@ -160,8 +160,8 @@ def probe_torch_cpu_checks() -> dict[str, bool] | None:
     }
 
 
-def probe_proc_cpuinfo(path: str | Path = "/proc/cpuinfo") -> dict[str, bool] | None:
-    """The ``flags`` line of Linux's ``/proc/cpuinfo`` (None elsewhere)."""
+def cpuinfo_flags(path: str | Path = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU flags of Linux's ``/proc/cpuinfo`` (None elsewhere, or when it lists none)."""
     try:
         text = Path(path).read_text(errors="replace")
     except OSError:
@@ -171,7 +171,13 @@ def probe_proc_cpuinfo(path: str | Path = "/proc/cpuinfo") -> dict[str, bool] | 
         name, _, values = line.partition(":")
         if name.strip() == "flags":
             flags.update(values.split())
-    if not flags:
+    return flags or None
+
+
+def probe_proc_cpuinfo(path: str | Path = "/proc/cpuinfo") -> dict[str, bool] | None:
+    """The bf16 features among ``/proc/cpuinfo``'s flags (None elsewhere)."""
+    flags = cpuinfo_flags(path)
+    if flags is None:
         return None
     return {key: key in flags for key, _ in CPU_BF16_FEATURES}
 
