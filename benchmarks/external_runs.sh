@@ -20,8 +20,11 @@
 #   ssl_quick the same comparison at the cpu-quick budget: SimCLR (cpu-quick) on every figshare
 #            + LGG slice; variant F on figshare + LGG from scratch and from that encoder;
 #            bench_external of both
+#   adapt_multi adapt's best labelled level (last stage, 20 per type, half held out, Mondrian
+#            sets) starting from multi's two-source model instead of base, with and without
+#            AdaBN first, scored like adapt (the same 40 images drawn and left out)
 set -euo pipefail
-WHAT=${1:?base|site|external|blocks|adapt|loso|quick|multi|ssl|ssl_quick}
+WHAT=${1:?base|site|external|blocks|adapt|loso|quick|multi|ssl|ssl_quick|adapt_multi}
 OUT=${2:-runs/x}
 SHARED=${SHARED:-../shared/data}
 MRI=${MRI:-.venv/bin/mritumor}
@@ -120,4 +123,19 @@ PYEOF
       "$PY" benchmarks/bench_external.py --checkpoint "$OUT/$model/best.pt" \
         --data_root "$SHARED/external_dev" --out "$OUT/ext/$model.json"
     done ;;
+  adapt_multi)
+    site="$OUT/site_t1c/manifest.csv"
+    for unlabelled in adabn none; do
+      name="adapt_multi_${unlabelled}_20_last_stage_h05"
+      timed "$name" "$MRI" -q adapt --checkpoint "$OUT/F_multi/best.pt" --site_root "$site" \
+        --unlabelled "$unlabelled" --labelled_per_class 20 --finetune last_stage --holdout_share 0.5 \
+        --conformal_mondrian --outdir "$OUT/$name"
+      "$PY" benchmarks/bench_external.py --checkpoint "$OUT/$name/best.pt" \
+        --data_root "$SHARED/external_dev" --exclude "$OUT/$name/site_split.json" \
+        --out "$OUT/ext/$name.json"
+    done
+    # not adapted, the same images left out (the draw depends on the seed and the site only)
+    "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi/best.pt" \
+      --data_root "$SHARED/external_dev" --exclude "$OUT/adapt_multi_none_20_last_stage_h05/site_split.json" \
+      --out "$OUT/ext/F_multi_excl_h05.json" ;;
 esac
