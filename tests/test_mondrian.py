@@ -75,6 +75,12 @@ def test_class_thresholds_are_the_hand_computed_order_statistics():
     assert mondrian.tolist() == [[False, True, True], [True, False, True]]
     marginal = prediction_sets(test, 0.5, "lac")  # only the arg-max passes 0.5
     assert marginal.tolist() == [[False, False, True], [True, False, False]]
+    # with the marginal threshold (0.5) as the fallback of the classes with too few units:
+    # class 2 at 0.6, classes 1 and 2 at 0.8; classes with enough units keep their own
+    np.testing.assert_allclose(class_thresholds(by_class, 0.6, fallback=0.5), [0.3, 0.7, 0.5])
+    np.testing.assert_allclose(class_thresholds(by_class, 0.8, fallback=0.5), [0.4, 0.5, 0.5])
+    fallback = prediction_sets(test, class_thresholds(by_class, 0.6, fallback=0.5), "lac")
+    assert fallback.tolist() == [[False, True, True], [True, False, False]]
     with pytest.raises(ValueError, match="thresholds of shape"):
         prediction_sets(test, [0.3, 0.7], "lac")
 
@@ -167,13 +173,17 @@ def test_a_mondrian_state_round_trips_a_safe_checkpoint_and_gives_the_same_sets(
 
     # unit level: each class's own order statistic, by hand (coverage 0.8, then 0.5)
     p_true = val_probs[np.arange(120), val_labels]
-    for coverage in (0.8, 0.5):
+    for coverage in (0.8, 0.5, 0.99):  # 0.99: too few units of every class, the marginal one
+        everyone = np.sort(1 - p_true)
+        rank = math.ceil((len(everyone) + 1) * coverage)
+        marginal = everyone[rank - 1] if rank <= len(everyone) else math.inf
         expected = []
         for k in range(3):
             mine = np.sort(1 - p_true[val_labels == k])
             rank = math.ceil((len(mine) + 1) * coverage)
-            expected.append(mine[rank - 1] if rank <= len(mine) else math.inf)
+            expected.append(mine[rank - 1] if rank <= len(mine) else marginal)
         np.testing.assert_allclose(set_threshold(loaded, coverage), expected)
+        assert (coverage == 0.99) == np.allclose(expected, marginal)
     by_hand = (1 - val_probs) <= np.asarray(set_threshold(loaded))[None, :] + 1e-12
     by_hand[np.arange(120), val_probs.argmax(axis=1)] = True
     np.testing.assert_array_equal(before, by_hand)
@@ -235,7 +245,9 @@ def test_grade_sets_of_a_hand_written_state():
     old = {"grade_conformal": grade}  # no "mondrian": one threshold, 0.5
     assert grade_sets(old, probs).tolist() == [[False, False, True], [True, False, False]]
     new = {"grade_conformal": {**grade, "mondrian": True, "class_scores": scores}}
-    assert grade_sets(new, probs).tolist() == [[False, True, True], [True, False, True]]
+    # class 2 has no calibration unit: it gets the marginal threshold 0.5 (row 0: its score
+    # 0.60 > 0.5 but it is the arg-max; row 1: 0.92 > 0.5, out), not a place in every set
+    assert grade_sets(new, probs).tolist() == [[False, True, True], [True, False, False]]
     report = grade_set_report(new, probs, np.array([1, 0]), ["1", "2", "3"])
     assert report["mondrian"] is True and report["coverage"] == 1.0
     assert grade_set_report(old, probs, np.array([1, 0]), ["1", "2", "3"])["coverage"] == 0.5

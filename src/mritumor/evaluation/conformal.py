@@ -18,8 +18,11 @@ above is *marginal*, an average over classes, so an easy class can hide a hard o
 0.934 overall hid meningioma at 0.852). With one threshold per class k, computed by the same rule
 from the calibration units whose true class is k, a new unit of class k has its true class in
 the set with probability ≥ 1 − α for every k. The price: each class needs n_k ≥ 1/α − 1
-calibration units (else its threshold is ``inf`` and it is in every set), and sets grow for
-the hard classes.
+calibration units, and sets grow for the hard classes. A class with fewer units gets the
+marginal threshold of all units instead (the "null cluster" of clustered conformal prediction,
+Ding et al. 2023): its own coverage is then not guaranteed, only the average. Before this
+fallback such a class was in every set, which made every set of a site without one of the
+classes (a hospital that sends no pituitary tumours to `adapt`) at least two classes wide.
 
 The predicted class (arg-max) is always in the set, so a set is never empty. Written here
 rather than through MAPIE/TorchCP because those calibrate an estimator over rows, while the
@@ -104,10 +107,14 @@ def min_calibration_units(coverage: float) -> int:
     return n
 
 
-def class_thresholds(scores_by_class: Sequence[ArrayLike], coverage: float = 0.9) -> np.ndarray:
+def class_thresholds(
+    scores_by_class: Sequence[ArrayLike], coverage: float = 0.9, fallback: float = math.inf
+) -> np.ndarray:
     """(K,) Mondrian thresholds: :func:`threshold_from_scores` of each class's own calibration
-    scores (``inf`` for a class with too few units, so it is in every set)."""
-    return np.array([threshold_from_scores(np.asarray(s), coverage) for s in scores_by_class])
+    scores; a class with too few units for ``coverage`` gets ``fallback`` (the marginal
+    threshold, see the module docstring; ``inf`` puts it in every set)."""
+    own = np.array([threshold_from_scores(np.asarray(s), coverage) for s in scores_by_class])
+    return np.where(np.isinf(own), fallback, own)
 
 
 def conformal_threshold(

@@ -62,15 +62,16 @@ def mondrian_scores(
 ) -> list:
     """The per-class sorted calibration scores a Mondrian state stores (a list of 1-D tensors,
     one per class, loadable with ``weights_only=True``); warns about the classes with too few
-    calibration units for ``coverage``, which are then in every set."""
+    calibration units for ``coverage``, which then get the marginal threshold."""
     import torch
 
     by_class = calibration_scores_by_class(probs, labels, method)
     short = [k for k, t in enumerate(class_thresholds(by_class, coverage)) if np.isinf(t)]
     if short:
         log.warning(
-            "Mondrian sets: class(es) %s have fewer than the %d validation %s needed for %.0f %% "
-            "coverage; they are in every set",
+            "Mondrian sets: class(es) %s have fewer than the %d calibration %s needed for "
+            "%.0f %% coverage; they get the marginal threshold (their own coverage is not "
+            "guaranteed)",
             short, min_calibration_units(coverage), what, 100 * coverage,
         )  # fmt: skip
     return [torch.as_tensor(scores) for scores in by_class]
@@ -80,10 +81,13 @@ def stored_thresholds(
     part: Mapping, coverage: float, mondrian: bool, prefix: str = ""
 ) -> float | np.ndarray:
     """The threshold(s) of one stored conformal part for ``coverage``: one number from
-    ``<prefix>scores`` or, Mondrian, one per class from ``<prefix>class_scores``."""
+    ``<prefix>scores`` or, Mondrian, one per class from ``<prefix>class_scores`` (the marginal
+    one for a class with too few units: :func:`~mritumor.evaluation.conformal.class_thresholds`)."""
+    marginal = threshold_from_scores(np.asarray(part[f"{prefix}scores"]), coverage)
     if mondrian:
-        return class_thresholds([np.asarray(s) for s in part[f"{prefix}class_scores"]], coverage)
-    return threshold_from_scores(np.asarray(part[f"{prefix}scores"]), coverage)
+        by_class = [np.asarray(s) for s in part[f"{prefix}class_scores"]]
+        return class_thresholds(by_class, coverage, fallback=marginal)
+    return marginal
 
 
 def fit_uncertainty(
