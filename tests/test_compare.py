@@ -269,6 +269,28 @@ def test_refuses_runs_that_share_nothing(tmp_path, capsys):
     assert not (outdir / "comparison.json").exists()
 
 
+def test_runs_pair_whatever_spelling_of_the_data_root_they_were_given(tmp_path):
+    """A run trained with ``--data_root ../data`` stores ``/x/run/../data/...``, another with the
+    absolute path ``/x/data/...``, a third through a symbolic link: one image each, all paired."""
+    data = tmp_path / "data"
+    (tmp_path / "link").symlink_to(data, target_is_directory=True)
+    base = slices()
+    spellings = {
+        "relative": str(tmp_path / "main" / ".." / "data") + "/",
+        "absolute": str(data) + "/",
+        "linked": str(tmp_path / "link") + "/",
+    }
+    runs = []
+    for seed, (name, root) in enumerate(spellings.items()):
+        table = predictions(base, 1.5, 0.8, seed=seed)
+        table["image"] = root + table["image"]
+        runs.append(write_run(tmp_path / name, table))
+    code, outdir = compare(tmp_path, runs)
+    assert code == 0
+    report = json.loads((outdir / "comparison.json").read_text())
+    assert report["n_units"] == len(base) and report["dropped_units"]["total"] == 0
+
+
 def test_refuses_other_class_sets_missing_predictions_and_one_run(tmp_path, capsys):
     """Different p_type_* columns, a folder without predictions.csv, or a single run: exit 2
     with a message naming the problem."""

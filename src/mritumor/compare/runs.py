@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +65,7 @@ def read_run(path: Path, name: str) -> Run:
         raise MritumorError(f"{csv}: no patient_id column")
     table["patient_id"] = table["patient_id"].astype(str)
     if "image" in table.columns:
-        table["image"] = table["image"].astype(str)
+        table["image"] = [_image_key(image) for image in table["image"].astype(str)]
     probs = [c[len(PROB_PREFIX) :] for c in table.columns if c.startswith(PROB_PREFIX)]
     classification = bool(probs) and "true_type" in table.columns
     return Run(
@@ -74,6 +75,15 @@ def read_run(path: Path, name: str) -> Run:
         class_names=probs if classification else None,
         has_dice="dice" in table.columns,
     )
+
+
+def _image_key(image: str) -> str:
+    """One spelling per image file, so that runs pair whatever path their data root was given
+    as: ``/work/main/../shared/data/x.png`` (a relative ``--data_root``, resolved at training)
+    and ``/work/shared/data/x.png`` are one image; an absolute path is also resolved through
+    symbolic links (CI's ``../shared`` is one). A relative one is only normalised: it names no
+    file on this machine for sure."""
+    return os.path.realpath(image) if os.path.isabs(image) else os.path.normpath(image)
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:
