@@ -56,8 +56,7 @@ def test_auto_is_bf16_mixed_on_a_cpu_with_native_bf16(monkeypatch, flags, featur
 
 
 def test_the_default_stays_float32_on_a_bf16_cpu_and_bf16_on_a_gpu(monkeypatch):
-    """Today's behaviour until the cpu recipe is measured: only --precision auto looks at the
-    CPU."""
+    """The default without a recipe: only --precision auto looks at the CPU."""
     cpu_with(monkeypatch, AMX)
     assert TrainerConfig().precision == training.DEFAULT_PRECISION == "gpu-bf16"
     assert resolve_precision("gpu-bf16", "cpu").precision == "32-true"
@@ -68,6 +67,22 @@ def test_the_default_stays_float32_on_a_bf16_cpu_and_bf16_on_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_precision("gpu-bf16", "auto").precision == "32-true"
     assert resolve_precision("auto", "auto").precision == "bf16-mixed"  # the CPU, with AMX
+
+
+def test_the_cpu_recipe_asks_for_auto_which_keeps_float32_without_native_bf16(monkeypatch):
+    """Measured over a whole run (RESULTS: validation Dice and accuracy held under bf16), the
+    cpu recipe's multi-task training asks for auto: bf16 on a bf16 CPU, float32 elsewhere."""
+    from mritumor.recipes import recipe_values
+
+    precision = recipe_values("cpu", "train-multitask")["precision"]
+    assert precision == "auto"
+    cpu_with(monkeypatch, NO_BF16)
+    assert resolve_precision(precision, "cpu").precision == "32-true"
+    cpu_with(monkeypatch, AVX512_BF16)
+    assert resolve_precision(precision, "cpu").precision == "bf16-mixed"
+    # only what was measured: SimCLR and the two-step model keep the default
+    for command in ("pretrain", "train-hierarchical"):
+        assert "precision" not in recipe_values("cpu", command)
 
 
 def test_an_explicit_flag_wins_over_detection(monkeypatch):
