@@ -20,9 +20,9 @@ from the calibration units whose true class is k, a new unit of class k has its 
 the set with probability ≥ 1 − α for every k. The price: each class needs n_k ≥ 1/α − 1
 calibration units, and sets grow for the hard classes. A class with fewer units gets the
 marginal threshold of all units instead (the "null cluster" of clustered conformal prediction,
-Ding et al. 2023): its own coverage is then not guaranteed, only the average. Before this
-fallback such a class was in every set, which made every set of a site without one of the
-classes (a hospital that sends no pituitary tumours to `adapt`) at least two classes wide.
+Ding et al. 2023): its own coverage is then not guaranteed, only the average. Putting such a
+class in every set instead would make every set of a site without one of the classes (a
+hospital that sends no pituitary tumour to ``adapt``) at least two classes wide.
 
 The predicted class (arg-max) is always in the set, so a set is never empty. Written here
 rather than through MAPIE/TorchCP because those calibrate an estimator over rows, while the
