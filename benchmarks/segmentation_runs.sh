@@ -6,11 +6,13 @@
 #           split of OUT/F_base (the float32 run, external_runs.sh base), for the paired compare
 #   bf16_long the same with 24 epochs instead of 12: bf16's time saved spent on epochs, the
 #           ingredient the ablation found worth most (6 → 12 epochs: +6.9 points of Dice)
+#   tversky the recipe since bf16_long (24 epochs, bf16) with the Tversky + CE mask loss, for
+#           gliomas (under-segmented): compared on validation patients with bf16_long
 #   nnunet  nnU-Net v2 (bench_nnunet.py) on OUT/F_base's split within the cpu recipe's budget
 #           (43 minutes for planning + training), predicted with its default mirroring, scored
 #           beside OUT/F_base
 set -euo pipefail
-WHAT=${1:?bf16|bf16_long|nnunet}
+WHAT=${1:?bf16|bf16_long|tversky|nnunet}
 OUT=${2:-runs/x}
 SHARED=${SHARED:-../shared/data}
 MRI=${MRI:-.venv/bin/mritumor}
@@ -24,6 +26,10 @@ case "$WHAT" in
     timed F_bf16_e24 "$MRI" -q train-multitask --recipe cpu --variant F --seed 0 --precision bf16 \
       --epochs 24 --data_root "$SHARED/figshare" --split_file "$OUT/F_base/split.json" \
       --outdir "$OUT/F_bf16_e24" ;;
+  tversky)
+    timed F_bf16_e24_tversky "$MRI" -q train-multitask --recipe cpu --variant F --seed 0 --precision bf16 \
+      --epochs 24 --seg_loss tversky_ce --data_root "$SHARED/figshare" \
+      --split_file "$OUT/F_base/split.json" --outdir "$OUT/F_bf16_e24_tversky" ;;
   nnunet)
     W="$OUT/nnunet_figshare"
     timed nnunet_convert "$PY" benchmarks/bench_nnunet.py convert --workdir "$W" \
