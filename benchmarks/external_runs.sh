@@ -2,7 +2,8 @@
 # Models beyond their home source (issue: multi-source training, adaptation to a new site):
 # the runs behind RESULTS' section of that name, one after another (2 cores).
 # Usage: bash benchmarks/external_runs.sh WHAT [OUT]
-#   base     the cpu recipe's variant F on figshare (the model every other row starts from)
+#   base     the cpu recipe's variant F on figshare, 12 epochs in float32 (the model every
+#            other row starts from; the recipe before it moved to 24 epochs in bf16)
 #   site     the "new site": external_dev's T1-after-contrast images as a manifest under OUT
 #            (no image is copied; the manifest points into ../shared/data/external_dev)
 #   external bench_external.py on every external_dev image, not adapted (OUT/ext/base.json)
@@ -32,8 +33,10 @@ PY=${PY:-.venv/bin/python}
 timed() { /usr/bin/time -f "$1: %e s wall, peak RSS %M KB" "${@:2}"; }
 case "$WHAT" in
   base)
-    timed F_base "$MRI" -q train-multitask --recipe cpu --variant F --seed 0 \
-      --data_root "$SHARED/figshare" --outdir "$OUT/F_base" ;;
+    # the recipe as it was until bf16 (12 epochs, float32): the model every adaptation row and
+    # segmentation_runs.sh's float32 reference were measured with
+    timed F_base "$MRI" -q train-multitask --recipe cpu --epochs 12 --precision 32 --variant F \
+      --seed 0 --data_root "$SHARED/figshare" --outdir "$OUT/F_base" ;;
   site)
     mkdir -p "$OUT/site_t1c"
     "$PY" - "$SHARED/external_dev" "$OUT/site_t1c/manifest.csv" <<'PYEOF'
