@@ -27,10 +27,7 @@
 set -euo pipefail
 WHAT=${1:?base|site|external|blocks|adapt|loso|quick|multi|ssl|ssl_quick|adapt_multi}
 OUT=${2:-runs/x}
-SHARED=${SHARED:-../shared/data}
-MRI=${MRI:-.venv/bin/mritumor}
-PY=${PY:-.venv/bin/python}
-timed() { /usr/bin/time -f "$1: %e s wall, peak RSS %M KB" "${@:2}"; }
+source "$(dirname "$0")/runs_common.sh"
 case "$WHAT" in
   base)
     # the recipe as it was until bf16 (12 epochs, float32): the model every adaptation row and

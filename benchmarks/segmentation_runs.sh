@@ -14,10 +14,7 @@
 set -euo pipefail
 WHAT=${1:?bf16|bf16_long|tversky|nnunet}
 OUT=${2:-runs/x}
-SHARED=${SHARED:-../shared/data}
-MRI=${MRI:-.venv/bin/mritumor}
-PY=${PY:-.venv/bin/python}
-timed() { /usr/bin/time -f "$1: %e s wall, peak RSS %M KB" "${@:2}"; }
+source "$(dirname "$0")/runs_common.sh"
 case "$WHAT" in
   bf16)
     timed F_bf16 "$MRI" -q train-multitask --recipe cpu --variant F --seed 0 --precision bf16 \
