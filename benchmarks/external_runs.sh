@@ -16,8 +16,9 @@
 #            external_dev (figshare alone; figshare + LGG = the loso fold holding external_dev out)
 #   multi    the cpu recipe's variant F on figshare + LGG's post-contrast gliomas
 #            (benchmarks/sources/figshare_lgg.yaml), then bench_external on external_dev
-#   ssl      SimCLR (cpu recipe, 6 epochs) on every figshare + LGG slice, then multi's training
-#            from that encoder, then bench_external
+#   ssl      SimCLR (cpu recipe, 8 epochs, bf16 where native) on every figshare + LGG slice,
+#            then multi's training from that encoder, bench_external, and adapt_multi's
+#            no-AdaBN level from it
 #   ssl_quick the same comparison at the cpu-quick budget: SimCLR (cpu-quick) on every figshare
 #            + LGG slice; variant F on figshare + LGG from scratch and from that encoder;
 #            bench_external of both
@@ -28,6 +29,15 @@ set -euo pipefail
 WHAT=${1:?base|site|external|blocks|adapt|loso|quick|multi|ssl|ssl_quick|adapt_multi}
 OUT=${2:-runs/x}
 source "$(dirname "$0")/runs_common.sh"
+# adapt_site MODEL NAME UNLABELLED: adapt's best labelled level (20 per type, last stage, half
+# held out, Mondrian sets) from OUT/MODEL, then bench_external on the images it did not use
+adapt_site() {
+  timed "$2" "$MRI" -q adapt --checkpoint "$OUT/$1/best.pt" --site_root "$OUT/site_t1c/manifest.csv" \
+    --unlabelled "$3" --labelled_per_class 20 --finetune last_stage --holdout_share 0.5 \
+    --conformal_mondrian --outdir "$OUT/$2"
+  "$PY" benchmarks/bench_external.py --checkpoint "$OUT/$2/best.pt" \
+    --data_root "$SHARED/external_dev" --exclude "$OUT/$2/site_split.json" --out "$OUT/ext/$2.json"
+}
 case "$WHAT" in
   base)
     # the recipe as it was until bf16 (12 epochs, float32): the model every adaptation row and
@@ -99,18 +109,26 @@ PYEOF
         --data_root "$SHARED/external_dev" --out "$OUT/ext/${model//\//_}.json"
     done ;;
   multi)
-    timed F_multi "$MRI" -q train-multitask --recipe cpu --variant F --seed 0 \
-      --sources benchmarks/sources/figshare_lgg.yaml --outdir "$OUT/F_multi"
+    # pinned, like base, to the recipe its rows were measured with (12 epochs, float32)
+    timed F_multi "$MRI" -q train-multitask --recipe cpu --epochs 12 --precision 32 --variant F \
+      --seed 0 --sources benchmarks/sources/figshare_lgg.yaml --outdir "$OUT/F_multi"
     timed external_multi "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi/best.pt" \
       --data_root "$SHARED/external_dev" --out "$OUT/ext/F_multi.json" ;;
   ssl)
-    timed ssl_multi "$MRI" -q pretrain --recipe cpu --epochs 6 --seed 0 \
+    # SimCLR in bf16 where the CPU has it (8 epochs); the fine-tuning pinned to multi's recipe
+    # (12 epochs, float32), so that F_multi_ssl and F_multi differ by the encoder only
+    timed ssl_multi "$MRI" -q pretrain --recipe cpu --epochs 8 --precision auto --seed 0 \
       --sources benchmarks/sources/figshare_lgg_unlabelled.yaml --outdir "$OUT/ssl_multi"
-    timed F_multi_ssl "$MRI" -q train-multitask --recipe cpu --variant F --seed 0 \
-      --sources benchmarks/sources/figshare_lgg.yaml --ssl_ckpt "$OUT/ssl_multi/simclr_pretrain.pt" \
-      --outdir "$OUT/F_multi_ssl"
+    timed F_multi_ssl "$MRI" -q train-multitask --recipe cpu --epochs 12 --precision 32 --variant F \
+      --seed 0 --sources benchmarks/sources/figshare_lgg.yaml \
+      --ssl_ckpt "$OUT/ssl_multi/simclr_pretrain.pt" --outdir "$OUT/F_multi_ssl"
     timed external_multi_ssl "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi_ssl/best.pt" \
-      --data_root "$SHARED/external_dev" --out "$OUT/ext/F_multi_ssl.json" ;;
+      --data_root "$SHARED/external_dev" --out "$OUT/ext/F_multi_ssl.json"
+    # adapt's measured best level from it, scored like adapt_multi (the same 40 images left out)
+    adapt_site F_multi_ssl adapt_multi_ssl_none_20_last_stage_h05 none
+    "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi_ssl/best.pt" \
+      --data_root "$SHARED/external_dev" --exclude "$OUT/adapt_multi_ssl_none_20_last_stage_h05/site_split.json" \
+      --out "$OUT/ext/F_multi_ssl_excl_h05.json" ;;
   ssl_quick)
     timed ssl_quick "$MRI" -q pretrain --recipe cpu-quick --seed 0 \
       --sources benchmarks/sources/figshare_lgg_unlabelled.yaml --outdir "$OUT/ssl_quick"
@@ -124,15 +142,8 @@ PYEOF
         --data_root "$SHARED/external_dev" --out "$OUT/ext/$model.json"
     done ;;
   adapt_multi)
-    site="$OUT/site_t1c/manifest.csv"
     for unlabelled in adabn none; do
-      name="adapt_multi_${unlabelled}_20_last_stage_h05"
-      timed "$name" "$MRI" -q adapt --checkpoint "$OUT/F_multi/best.pt" --site_root "$site" \
-        --unlabelled "$unlabelled" --labelled_per_class 20 --finetune last_stage --holdout_share 0.5 \
-        --conformal_mondrian --outdir "$OUT/$name"
-      "$PY" benchmarks/bench_external.py --checkpoint "$OUT/$name/best.pt" \
-        --data_root "$SHARED/external_dev" --exclude "$OUT/$name/site_split.json" \
-        --out "$OUT/ext/$name.json"
+      adapt_site F_multi "adapt_multi_${unlabelled}_20_last_stage_h05" "$unlabelled"
     done
     # not adapted, the same images left out (the draw depends on the seed and the site only)
     "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi/best.pt" \
