@@ -16,6 +16,8 @@
 #            external_dev (figshare alone; figshare + LGG = the loso fold holding external_dev out)
 #   multi    the cpu recipe's variant F on figshare + LGG's post-contrast gliomas
 #            (benchmarks/sources/figshare_lgg.yaml), then bench_external on external_dev
+#   multi24  multi under the recipe as it is now (24 epochs, bf16 where the CPU has it), then
+#            bench_external and adapt's no-AdaBN level from it
 #   ssl      SimCLR (cpu recipe, 8 epochs, bf16 where native) on every figshare + LGG slice,
 #            then multi's training from that encoder, bench_external, and adapt_multi's
 #            no-AdaBN level from it
@@ -26,7 +28,7 @@
 #            sets) starting from multi's two-source model instead of base, with and without
 #            AdaBN first, scored like adapt (the same 40 images drawn and left out)
 set -euo pipefail
-WHAT=${1:?base|site|external|blocks|adapt|loso|quick|multi|ssl|ssl_quick|adapt_multi}
+WHAT=${1:?base|site|external|blocks|adapt|loso|quick|multi|multi24|ssl|ssl_quick|adapt_multi}
 OUT=${2:-runs/x}
 source "$(dirname "$0")/runs_common.sh"
 # adapt_site MODEL NAME UNLABELLED: adapt's best labelled level (20 per type, last stage, half
@@ -114,6 +116,16 @@ PYEOF
       --seed 0 --sources benchmarks/sources/figshare_lgg.yaml --outdir "$OUT/F_multi"
     timed external_multi "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi/best.pt" \
       --data_root "$SHARED/external_dev" --out "$OUT/ext/F_multi.json" ;;
+  multi24)
+    # the recipe as it is now (24 epochs, bf16 where native) on the same two sources
+    timed F_multi24 "$MRI" -q train-multitask --recipe cpu --variant F --seed 0 \
+      --sources benchmarks/sources/figshare_lgg.yaml --outdir "$OUT/F_multi24"
+    timed external_multi24 "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi24/best.pt" \
+      --data_root "$SHARED/external_dev" --out "$OUT/ext/F_multi24.json"
+    adapt_site F_multi24 adapt_multi24_none_20_last_stage_h05 none
+    "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi24/best.pt" \
+      --data_root "$SHARED/external_dev" --exclude "$OUT/adapt_multi24_none_20_last_stage_h05/site_split.json" \
+      --out "$OUT/ext/F_multi24_excl_h05.json" ;;
   ssl)
     # SimCLR in bf16 where the CPU has it (8 epochs); the fine-tuning pinned to multi's recipe
     # (12 epochs, float32), so that F_multi_ssl and F_multi differ by the encoder only

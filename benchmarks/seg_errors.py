@@ -7,7 +7,9 @@ low at every threshold does not see the tumour's extent.
 
 Usage (2 cores: it runs the network over the validation slices once, a few minutes):
     python benchmarks/seg_errors.py --run runs/recipes_cpu/F --data_root ../shared/data/figshare \
-        [--thresholds -4 -2 0 2] [--out runs/recipes_cpu/F/seg_errors.json]
+        [--thresholds -4 -2 0 2] [--tta 2] [--out runs/recipes_cpu/F/seg_errors.json]
+``--tta N`` averages the mask logits over N flips/turns of every slice, as ``evaluate --tta``
+does (the network runs N times).
 Prints a Markdown table; writes the figures as JSON (default: RUN/seg_errors.json).
 """
 
@@ -68,31 +70,33 @@ def markdown(table: dict, thresholds) -> str:
     return "\n".join(lines)
 
 
-def validation_logits(run: Path, data_root: str, batch_size: int = 16):
-    """Mask logits, reference masks and type indices of the run's validation slices."""
-    import torch
+def validation_logits(run: Path, data_root: str, batch_size: int = 16, tta: int = 1):
+    """Mask logits (averaged over ``tta`` views, through the engine ``evaluate`` runs), reference
+    masks and type indices of the run's validation slices."""
     from torch.utils.data import DataLoader
 
     from mritumor.data.loading.cache import SliceCache
     from mritumor.data.loading.datasets import SliceDataset, rows_of_patients
     from mritumor.data.loading.splits import load_split
     from mritumor.data.reading.readers import read_catalog
+    from mritumor.inference.engines import TorchEngine
+    from mritumor.inference.tta import TTAEngine
     from mritumor.models.loading import load_model
 
     loaded = load_model(run / "best.pt")
     if not loaded.model.segments:
         raise SystemExit(f"{run}/best.pt does not segment (variant {loaded.variant})")
+    engine = TTAEngine(TorchEngine(loaded), tta)
     catalog = read_catalog(data_root)
     split = load_split(run / "split.json", catalog.table)
     catalog = catalog.subset([p for p in split.val if p in set(catalog.patients)])
     cache = SliceCache.build(catalog, loaded.preprocessing, progress=False)
     dataset = SliceDataset(cache, rows_of_patients(cache, cache.catalog.patients), loaded.labels)
     logits, masks, types = [], [], []
-    with torch.no_grad():
-        for batch in DataLoader(dataset, batch_size=batch_size):
-            logits.append(loaded.model.eval()(batch["image"])["mask_logits"][:, 0].float().numpy())
-            masks.append(batch["mask"][:, 0].numpy().astype(bool))
-            types.append(batch["tumor_type"].numpy())
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        logits.append(engine.run(batch["image"].numpy())["mask_logits"][:, 0])
+        masks.append(batch["mask"][:, 0].numpy().astype(bool))
+        types.append(batch["tumor_type"].numpy())
     return np.concatenate(logits), np.concatenate(masks), np.concatenate(types), loaded.labels.types
 
 
@@ -101,13 +105,16 @@ def main(argv=None) -> None:
     parser.add_argument("--run", required=True, type=Path, help="a train-multitask run folder")
     parser.add_argument("--data_root", required=True, help="the data the run was trained on")
     parser.add_argument("--thresholds", type=float, nargs="+", default=DEFAULT_THRESHOLDS)
+    parser.add_argument("--tta", type=int, default=1, help="views averaged per slice (1: none)")
     parser.add_argument("--out", type=Path, default=None, help="JSON (default RUN/seg_errors.json)")
     args = parser.parse_args(argv)
-    logits, true, types, names = validation_logits(args.run, args.data_root)
+    logits, true, types, names = validation_logits(args.run, args.data_root, tta=args.tta)
     table = error_table(logits, true, types, names, args.thresholds)
     out = args.out or args.run / "seg_errors.json"
     out.write_text(
-        json.dumps({"run": str(args.run), "part": "validation", "types": table}, indent=2)
+        json.dumps(
+            {"run": str(args.run), "part": "validation", "tta": args.tta, "types": table}, indent=2
+        )
     )
     print(markdown(table, args.thresholds))
     print(f"wrote {out}")

@@ -40,3 +40,36 @@ def test_error_table_by_hand(bench):
     assert b["dice"]["0"] == 1.0 and table["all"]["dice"]["0"] == pytest.approx((8 / 14 + 1) / 3)
     text = bench.markdown(table, (-2.0, 0.0))
     assert text.count("\n") == 4 and "| a | 2 |" in text
+
+
+def test_validation_logits_average_the_flip(bench, multitask_checkpoint, trained_data):
+    """--tta 2: the mask logits are the mean of the network's logits on each validation slice
+    and, flipped back, on its horizontal mirror (computed here with torch directly)."""
+    import torch
+
+    from mritumor.models.loading import load_model
+
+    run = multitask_checkpoint.parent
+    plain, true, types, names = bench.validation_logits(run, str(trained_data), tta=1)
+    flipped, true2, _, _ = bench.validation_logits(run, str(trained_data), tta=2)
+    assert len(plain) > 0 and plain.shape == true.shape and np.array_equal(true, true2)
+    assert len(types) == len(plain) and list(names) == ["astrocytoma", "meningioma", "pituitary"]
+
+    from mritumor.data.loading.cache import SliceCache
+    from mritumor.data.loading.datasets import SliceDataset, rows_of_patients
+    from mritumor.data.loading.splits import load_split
+    from mritumor.data.reading.readers import read_catalog
+
+    loaded = load_model(multitask_checkpoint)
+    catalog = read_catalog(str(trained_data))
+    val = load_split(run / "split.json", catalog.table).val
+    cache = SliceCache.build(catalog.subset(list(val)), loaded.preprocessing, progress=False)
+    dataset = SliceDataset(cache, rows_of_patients(cache, cache.catalog.patients), loaded.labels)
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    with torch.no_grad():
+        model = loaded.model.eval()
+        direct = model(images)["mask_logits"][:, 0].numpy()
+        mirrored = model(images.flip(-1))["mask_logits"][:, 0].flip(-1).numpy()
+    assert np.allclose(plain, direct, atol=1e-4)
+    assert np.allclose(flipped, (direct + mirrored) / 2, atol=1e-4)
+    assert not np.allclose(flipped, plain, atol=1e-4)  # the mirror view did change something
