@@ -11,6 +11,11 @@ conformal sets at the *slice* level (each image is one slice), and reports:
   the share flagged out of distribution, set coverage and size overall and per class;
 * per (tumour type, sequence): images, accuracy where the type is one the model knows, the
   share flagged;
+* abstained: what ``predict --abstain`` does with each image — it answers "uncertain" when the
+  detector flags it or, for a model that segments and has no ``no_tumour`` type, when its mask
+  outlines nothing (a tumour classifier's answer about an image without a tumour means
+  nothing); reported beside the detector's flags for the headline group, T2 and no-tumour
+  images;
 * OOD: the flagged share of T2 images and of no-tumour images; AUROC of the OOD score for
   the model's *errors* on images of known types (does the score rise where the model is wrong,
   not only where the source differs?), per sequence and overall;
@@ -72,13 +77,23 @@ def score_images(
     state = loaded.uncertainty
     applied = apply_uncertainty(state, ood_features(state, outputs), probs) if state else None
     types = list(loaded.labels.types)
+    flagged = None if applied is None else ~applied["in_distribution"]
+    masks = outputs["pred_masks"]
+    # predict --abstain's second reason (Predictor): nothing segmented, for a tumour-only model
+    empty = (
+        ~masks.reshape(len(masks), -1).any(axis=1)
+        if masks is not None and "no_tumour" not in types
+        else np.zeros(len(probs), dtype=bool)
+    )
     return {
         "table": table,
         "types": types,
         "probs": probs,
         "truth": np.array([types.index(t) if t in types else -1 for t in table["tumor_type"]]),
         "ood_score": None if applied is None else applied["ood_score"],
-        "flagged": None if applied is None else ~applied["in_distribution"],
+        "flagged": flagged,
+        "nothing_outlined": empty,
+        "abstained": empty if flagged is None else flagged | empty,
         "sets": None if applied is None else applied["sets"],
     }
 
@@ -90,7 +105,7 @@ def summarise(
     sequence = table["sequence"].fillna("unknown").astype(str).to_numpy()
     tumour = table["tumor_type"].astype(str).to_numpy()
     correct = probs.argmax(axis=1) == truth
-    flagged = scored["flagged"]
+    flagged, abstained = scored["flagged"], scored["abstained"]
     headline = (sequence == HEADLINE_SEQUENCE) & np.isin(tumour, headline_types)
     report: dict = {"n_images": int(len(table)), "types": types}
     report["headline"] = group_summary(scored, headline, n_boot, seed)
@@ -106,9 +121,17 @@ def summarise(
                 "n": int(mine.sum()),
                 "accuracy": float(correct[mine].mean()) if (truth[mine] >= 0).all() else None,
                 "flagged_share": None if flagged is None else float(flagged[mine].mean()),
+                "abstained_share": float(abstained[mine].mean()),
             }
         )
     report["groups"] = rows
+    report["abstained"] = {
+        "T2": _share(abstained[sequence == "T2"]),
+        "no_tumour": _share(abstained[tumour == "no_tumour"]),
+        "headline": _share(abstained[headline]),
+        "nothing_outlined_no_tumour": _share(scored["nothing_outlined"][tumour == "no_tumour"]),
+        "nothing_outlined_headline": _share(scored["nothing_outlined"][headline]),
+    }
     if flagged is not None:
         known = truth >= 0
         score = scored["ood_score"]
@@ -177,13 +200,16 @@ def markdown(report: dict) -> str:
             else ""
         ),
         "",
-        "| tumour type | sequence | images | accuracy | flagged |",
-        "|---|---|---|---|---|",
+        "| tumour type | sequence | images | accuracy | flagged | abstained (flagged or nothing outlined) |",
+        "|---|---|---|---|---|---|",
     ]
     for row in report["groups"]:
         accuracy = "–" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
         flagged = "–" if row["flagged_share"] is None else f"{row['flagged_share']:.3f}"
-        lines.append(f"| {row['tumor_type']} | {row['sequence']} | {row['n']} | {accuracy} | {flagged} |")  # fmt: skip
+        lines.append(
+            f"| {row['tumor_type']} | {row['sequence']} | {row['n']} | {accuracy} | {flagged} "
+            f"| {row['abstained_share']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

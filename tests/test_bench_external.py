@@ -76,3 +76,62 @@ def test_external_benchmark_leaves_out_the_images_adaptation_used(
     ids = set(scored["table"]["patient_id"])
     assert not ids & set(used)
     assert len(ids) == len(pd.read_csv(external_manifest)) - len(used)
+
+
+@pytest.fixture
+def half_outlining_checkpoint(multitask_checkpoint, external_manifest, tmp_path) -> Path:
+    """The tiny checkpoint with its mask output's bias moved so that about half the external
+    images get an empty mask (the 1-epoch model outlines something in every one)."""
+    import torch
+
+    from mritumor.checkpoints import save_checkpoint
+    from mritumor.data.loading.cache import SliceCache
+    from mritumor.data.loading.datasets import SliceDataset
+    from mritumor.data.reading.readers import read_catalog
+    from mritumor.models.loading import load_model
+
+    loaded = load_model(multitask_checkpoint)
+    cache = SliceCache.build(read_catalog(external_manifest), loaded.preprocessing, progress=False)
+    dataset = SliceDataset(cache, np.arange(len(cache)), loaded.labels)
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    with torch.no_grad():
+        peaks = loaded.model.eval()(images)["mask_logits"].amax(dim=(1, 2, 3))
+    # the cut: the middle of the widest gap between neighbouring peaks in their middle half, so
+    # that no image sits near it (the benchmark and predict run the network differently)
+    ordered = np.sort(peaks.numpy())
+    middle = np.arange(len(ordered) // 4, 3 * len(ordered) // 4)
+    widest = middle[np.argmax(ordered[middle + 1] - ordered[middle])]
+    payload = torch.load(multitask_checkpoint, weights_only=True)
+    payload["model_state"]["seg_out.bias"] -= float(ordered[widest] + ordered[widest + 1]) / 2
+    path = tmp_path / "half" / "best.pt"
+    path.parent.mkdir()
+    save_checkpoint({k: v for k, v in payload.items() if k != "format"}, path)
+    return path
+
+
+def test_abstained_is_what_predict_abstain_does(half_outlining_checkpoint, external_manifest):
+    """Per image, the benchmark's `abstained` (flagged, or nothing outlined by a tumour-only
+    model) against `Predictor(abstain=True)` — the code path of `predict --abstain` — run on
+    the same image files one by one."""
+    from mritumor.inference.inputs import discover
+    from mritumor.inference.predictor import Predictor
+
+    bench = load_benchmark("bench_external")
+    scored = bench.score_images(half_outlining_checkpoint, external_manifest)
+    empty = scored["nothing_outlined"]
+    assert 0.2 < empty.mean() < 0.8  # both kinds of image are there
+    assert np.array_equal(scored["abstained"], scored["flagged"] | empty)
+    predictor = Predictor.from_checkpoint(half_outlining_checkpoint, engine="torch", abstain=True)
+    said = np.array(
+        [predictor(discover(image)[0]).record["predicted_type"] == "uncertain" for image in scored["table"]["image"]]
+    )  # fmt: skip
+    assert np.array_equal(said, scored["abstained"])
+    report = bench.summarise(scored, n_boot=20, headline_types=("astrocytoma", "meningioma"))
+    table = scored["table"]
+    no_tumour = (table["tumor_type"] == "no_tumour").to_numpy()
+    t2 = (table["sequence"] == "T2").to_numpy()
+    assert report["abstained"]["no_tumour"] == pytest.approx(scored["abstained"][no_tumour].mean())
+    assert report["abstained"]["T2"] == pytest.approx(scored["abstained"][t2].mean())
+    assert report["abstained"]["nothing_outlined_no_tumour"] == pytest.approx(
+        empty[no_tumour].mean()
+    )
