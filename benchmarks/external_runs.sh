@@ -18,6 +18,7 @@
 #            (benchmarks/sources/figshare_lgg.yaml), then bench_external on external_dev
 #   multi24  multi under the recipe as it is now (24 epochs, bf16 where the CPU has it), then
 #            bench_external and adapt's no-AdaBN level from it
+#   multi_shift multi with --augment shift, 12 epochs in bf16, then bench_external
 #   ssl      SimCLR (cpu recipe, 8 epochs, bf16 where native) on every figshare + LGG slice,
 #            then multi's training from that encoder, bench_external, and adapt_multi's
 #            no-AdaBN level from it
@@ -28,7 +29,7 @@
 #            sets) starting from multi's two-source model instead of base, with and without
 #            AdaBN first, scored like adapt (the same 40 images drawn and left out)
 set -euo pipefail
-WHAT=${1:?base|site|external|blocks|adapt|loso|quick|multi|multi24|ssl|ssl_quick|adapt_multi}
+WHAT=${1:?base|site|external|blocks|adapt|loso|quick|multi|multi24|multi_shift|ssl|ssl_quick|adapt_multi}
 OUT=${2:-runs/x}
 source "$(dirname "$0")/runs_common.sh"
 # adapt_site MODEL NAME UNLABELLED: adapt's best labelled level (20 per type, last stage, half
@@ -126,6 +127,16 @@ PYEOF
     "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi24/best.pt" \
       --data_root "$SHARED/external_dev" --exclude "$OUT/adapt_multi24_none_20_last_stage_h05/site_split.json" \
       --out "$OUT/ext/F_multi24_excl_h05.json" ;;
+  multi_shift)
+    # multi with --augment shift (intensity, contrast, blur, noise, bias field, all flips and
+    # turns); 12 epochs like multi but in bf16 (the same accuracy as float32 on figshare:
+    # RESULTS, "bf16 over a whole cpu recipe run") to fit beside the other runs
+    timed F_multi_shift "$MRI" -q train-multitask --recipe cpu --epochs 12 --precision bf16 \
+      --augment shift --variant F --seed 0 --sources benchmarks/sources/figshare_lgg.yaml \
+      --outdir "$OUT/F_multi_shift"
+    timed external_multi_shift "$PY" benchmarks/bench_external.py \
+      --checkpoint "$OUT/F_multi_shift/best.pt" --data_root "$SHARED/external_dev" \
+      --out "$OUT/ext/F_multi_shift.json" ;;
   ssl)
     # SimCLR in bf16 where the CPU has it (8 epochs); the fine-tuning pinned to multi's recipe
     # (12 epochs, float32), so that F_multi_ssl and F_multi differ by the encoder only
