@@ -19,6 +19,8 @@
 #   multi24  multi under the recipe as it is now (24 epochs, bf16 where the CPU has it), then
 #            bench_external and adapt's no-AdaBN level from it
 #   multi_shift multi with --augment shift, 12 epochs in bf16, then bench_external
+#   abstained bench_external again on multi's and ssl's models, adapted or not (OUT/ext/abst_*),
+#            for the 'abstained' figures (what predict --abstain does)
 #   ssl      SimCLR (cpu recipe, 8 epochs, bf16 where native) on every figshare + LGG slice,
 #            then multi's training from that encoder, bench_external, and adapt_multi's
 #            no-AdaBN level from it
@@ -29,7 +31,7 @@
 #            sets) starting from multi's two-source model instead of base, with and without
 #            AdaBN first, scored like adapt (the same 40 images drawn and left out)
 set -euo pipefail
-WHAT=${1:?base|site|external|blocks|adapt|loso|quick|multi|multi24|multi_shift|ssl|ssl_quick|adapt_multi}
+WHAT=${1:?base|site|external|blocks|adapt|loso|quick|multi|multi24|multi_shift|ssl|ssl_quick|adapt_multi|abstained}
 OUT=${2:-runs/x}
 source "$(dirname "$0")/runs_common.sh"
 # adapt_site MODEL NAME UNLABELLED: adapt's best labelled level (20 per type, last stage, half
@@ -40,6 +42,16 @@ adapt_site() {
     --conformal_mondrian --outdir "$OUT/$2"
   "$PY" benchmarks/bench_external.py --checkpoint "$OUT/$2/best.pt" \
     --data_root "$SHARED/external_dev" --exclude "$OUT/$2/site_split.json" --out "$OUT/ext/$2.json"
+}
+# score_and_adapt MODEL NAME: bench_external of OUT/MODEL on every external_dev image, adapt's
+# measured best level without AdaBN into OUT/NAME (adapt_site), and OUT/MODEL again on the images
+# NAME did not use (the draw depends on the seed and the site only: the same 40 as adapt_multi)
+score_and_adapt() {
+  timed "external_$1" "$PY" benchmarks/bench_external.py --checkpoint "$OUT/$1/best.pt" \
+    --data_root "$SHARED/external_dev" --out "$OUT/ext/$1.json"
+  adapt_site "$1" "$2" none
+  "$PY" benchmarks/bench_external.py --checkpoint "$OUT/$1/best.pt" --data_root "$SHARED/external_dev" \
+    --exclude "$OUT/$2/site_split.json" --out "$OUT/ext/$1_excl_h05.json"
 }
 case "$WHAT" in
   base)
@@ -121,12 +133,7 @@ PYEOF
     # the recipe as it is now (24 epochs, bf16 where native) on the same two sources
     timed F_multi24 "$MRI" -q train-multitask --recipe cpu --variant F --seed 0 \
       --sources benchmarks/sources/figshare_lgg.yaml --outdir "$OUT/F_multi24"
-    timed external_multi24 "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi24/best.pt" \
-      --data_root "$SHARED/external_dev" --out "$OUT/ext/F_multi24.json"
-    adapt_site F_multi24 adapt_multi24_none_20_last_stage_h05 none
-    "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi24/best.pt" \
-      --data_root "$SHARED/external_dev" --exclude "$OUT/adapt_multi24_none_20_last_stage_h05/site_split.json" \
-      --out "$OUT/ext/F_multi24_excl_h05.json" ;;
+    score_and_adapt F_multi24 adapt_multi24_none_20_last_stage_h05 ;;
   multi_shift)
     # multi with --augment shift (intensity, contrast, blur, noise, bias field, all flips and
     # turns); 12 epochs like multi but in bf16 (the same accuracy as float32 on figshare:
@@ -145,13 +152,7 @@ PYEOF
     timed F_multi_ssl "$MRI" -q train-multitask --recipe cpu --epochs 12 --precision 32 --variant F \
       --seed 0 --sources benchmarks/sources/figshare_lgg.yaml \
       --ssl_ckpt "$OUT/ssl_multi/simclr_pretrain.pt" --outdir "$OUT/F_multi_ssl"
-    timed external_multi_ssl "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi_ssl/best.pt" \
-      --data_root "$SHARED/external_dev" --out "$OUT/ext/F_multi_ssl.json"
-    # adapt's measured best level from it, scored like adapt_multi (the same 40 images left out)
-    adapt_site F_multi_ssl adapt_multi_ssl_none_20_last_stage_h05 none
-    "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi_ssl/best.pt" \
-      --data_root "$SHARED/external_dev" --exclude "$OUT/adapt_multi_ssl_none_20_last_stage_h05/site_split.json" \
-      --out "$OUT/ext/F_multi_ssl_excl_h05.json" ;;
+    score_and_adapt F_multi_ssl adapt_multi_ssl_none_20_last_stage_h05 ;;
   ssl_quick)
     timed ssl_quick "$MRI" -q pretrain --recipe cpu-quick --seed 0 \
       --sources benchmarks/sources/figshare_lgg_unlabelled.yaml --outdir "$OUT/ssl_quick"
@@ -172,4 +173,15 @@ PYEOF
     "$PY" benchmarks/bench_external.py --checkpoint "$OUT/F_multi/best.pt" \
       --data_root "$SHARED/external_dev" --exclude "$OUT/adapt_multi_none_20_last_stage_h05/site_split.json" \
       --out "$OUT/ext/F_multi_excl_h05.json" ;;
+  abstained)
+    # bench_external again (its 'abstained' block is newer than these models' first scoring)
+    for model in F_multi F_multi_ssl; do
+      "$PY" benchmarks/bench_external.py --checkpoint "$OUT/$model/best.pt" \
+        --data_root "$SHARED/external_dev" --out "$OUT/ext/abst_$model.json"
+    done
+    for model in adapt_multi_none_20_last_stage_h05 adapt_multi_ssl_none_20_last_stage_h05; do
+      "$PY" benchmarks/bench_external.py --checkpoint "$OUT/$model/best.pt" \
+        --data_root "$SHARED/external_dev" --exclude "$OUT/$model/site_split.json" \
+        --out "$OUT/ext/abst_$model.json"
+    done ;;
 esac

@@ -135,3 +135,9 @@ def test_abstained_is_what_predict_abstain_does(half_outlining_checkpoint, exter
     assert report["abstained"]["nothing_outlined_no_tumour"] == pytest.approx(
         empty[no_tumour].mean()
     )
+    # the Markdown table's last column is each group's abstained share
+    lines = bench.markdown(report).splitlines()
+    for group in report["groups"]:
+        start = f"| {group['tumor_type']} | {group['sequence']} | {group['n']} |"
+        (line,) = [x for x in lines if x.startswith(start)]
+        assert line.endswith(f"| {group['abstained_share']:.3f} |")
